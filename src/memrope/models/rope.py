@@ -1,0 +1,118 @@
+"""Wan 3D rotary position embedding, with temporal positions supplied per frame.
+
+Wan splits each attention head's channel pairs into a temporal, a height and a width group
+(44/42/42 channels for head dim 128) and rotates each group by its own axis coordinate. The
+original code rotates with the absolute frame index. Here the temporal coordinate of every frame
+is an explicit argument (``frame_pos``), because a cache policy - not the stream clock - decides at
+which temporal position a cached frame is seen. Spatial coordinates are always the token's
+(row, col) inside its frame.
+
+The reference rotates in float64 complex numbers; fp32 cos/sin tables are accurate to ~1e-7 and
+avoid fp64 work on the GPU, so tables are built in fp64 once and stored in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROPE_THETA = 10000.0
+"""Base of the inverse-frequency ladder (Wan2.1 ``rope_params``)."""
+
+ROPE_MAX_POSITIONS = 1024
+"""Length of the frequency table per axis in Wan2.1; positions must stay below it."""
+
+
+def axis_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels given to the (time, height, width) axes for one head.
+
+    Wan uses ``d - 4 (d // 6)`` channels for time and ``2 (d // 6)`` each for height and width
+    (44/42/42 for d = 128). Every group must hold whole (even) channel pairs.
+    """
+    if head_dim % 2 != 0 or head_dim < 6:
+        raise ValueError(f"head_dim must be even and >= 6 for 3D RoPE, got {head_dim}")
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def _angles(n_positions: int, dim: int, theta: float) -> torch.Tensor:
+    """Rotation angles [n_positions, dim / 2] for one axis of ``dim`` channels (fp64)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return torch.outer(torch.arange(n_positions, dtype=torch.float64), inv_freq)
+
+
+@dataclass(frozen=True)
+class RopeFreqs:
+    """cos/sin for a block of tokens, ready to apply: both [tokens, head_dim / 2], fp32."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return self.cos.shape[0]
+
+
+class Rope3D(torch.nn.Module):
+    """Per-axis cos/sin tables (non-persistent buffers) and the lookup for frames on a grid."""
+
+    def __init__(self, head_dim: int, max_positions: int = ROPE_MAX_POSITIONS, theta: float = ROPE_THETA):
+        super().__init__()
+        if max_positions < 1:
+            raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+        self.head_dim = head_dim
+        self.max_positions = max_positions
+        self.split = axis_split(head_dim)
+        for name, dim in zip(("t", "h", "w"), self.split):
+            ang = _angles(max_positions, dim, theta)
+            self.register_buffer(f"cos_{name}", ang.cos().float(), persistent=False)
+            self.register_buffer(f"sin_{name}", ang.sin().float(), persistent=False)
+
+    def check_positions(self, largest: int, what: str = "temporal position") -> None:
+        """Host-side bound check: callers know positions as Python ints, so this never syncs."""
+        if largest >= self.max_positions:
+            raise ValueError(
+                f"{what} {largest} is outside the RoPE table of {self.max_positions} positions the model "
+                f"was built with; use a cache policy with bounded positions (e.g. --policy memrope) or a "
+                f"shorter video"
+            )
+
+    def freqs(self, frame_pos: torch.Tensor, grid: tuple[int, int]) -> RopeFreqs:
+        """cos/sin for ``len(frame_pos)`` frames of ``grid = (h, w)`` tokens, frame-major order.
+
+        frame_pos: [F] integer temporal positions, one per frame (need not be contiguous).
+        Returns tables of [F * h * w, head_dim / 2].
+        """
+        h, w = grid
+        if h > self.max_positions or w > self.max_positions:
+            raise ValueError(f"grid {grid} exceeds the RoPE table of {self.max_positions} positions")
+        n_frames = frame_pos.shape[0]
+        pos = frame_pos.to(device=self.cos_t.device, dtype=torch.long)
+        parts_cos, parts_sin = [], []
+        for cos_tab, sin_tab, index, view in (
+            (self.cos_t, self.sin_t, pos, (n_frames, 1, 1, -1)),
+            (self.cos_h, self.sin_h, torch.arange(h, device=pos.device), (1, h, 1, -1)),
+            (self.cos_w, self.sin_w, torch.arange(w, device=pos.device), (1, 1, w, -1)),
+        ):
+            parts_cos.append(cos_tab[index].view(view).expand(n_frames, h, w, -1))
+            parts_sin.append(sin_tab[index].view(view).expand(n_frames, h, w, -1))
+        cos = torch.cat(parts_cos, dim=-1).reshape(n_frames * h * w, -1)  # [F*h*w, D/2]
+        sin = torch.cat(parts_sin, dim=-1).reshape(n_frames * h * w, -1)
+        return RopeFreqs(cos=cos, sin=sin)
+
+
+def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2]); fp32 math.
+
+    Pure elementwise work, so rotating a block of tokens gives bit-identical results whether the
+    tokens are rotated together or one frame at a time.
+    """
+    if x.shape[1] != freqs.tokens:
+        raise ValueError(f"x has {x.shape[1]} tokens but the RoPE table covers {freqs.tokens}")
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    real, imag = xf[..., 0], xf[..., 1]
+    cos = freqs.cos[None, :, None, :]  # [1, L, 1, D/2]
+    sin = freqs.sin[None, :, None, :]
+    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
