@@ -38,11 +38,14 @@ class VideoWriter:
 
     def _open(self, height: int, width: int) -> None:
         self._container = av.open(str(self.path), mode="w", format="mp4",
-                                  options={"movflags": FRAGMENTED_MP4})
+                                  options={"movflags": FRAGMENTED_MP4, "flush_packets": "1"})
         stream = self._container.add_stream("libx264", rate=Fraction(self.fps, 1))
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": str(KEYFRAME_INTERVAL)}
+        # zerolatency: no look-ahead or B-frames, so each frame leaves the encoder as it goes in and
+        # every finished fragment reaches the disk at once (flush_packets).
+        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": str(KEYFRAME_INTERVAL),
+                          "tune": "zerolatency"}
         self._stream = stream
 
     def write(self, frames: torch.Tensor | np.ndarray) -> None:

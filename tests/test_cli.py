@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from memrope.cli import latent_frames_for, main
+from memrope.video import count_frames
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_writes_video_and_stats(tmp_path, capsys):
+    out, stats = tmp_path / "v.mp4", tmp_path / "s.json"
+    code, _, err = run(["generate", "--policy", "memrope", "--latent-frames", "24", "--out", str(out),
+                        "--stats", str(stats), "--no-progress"], capsys)
+    assert code == 0, err
+    assert count_frames(out) == 1 + 4 * (24 - 1)
+    data = json.loads(stats.read_text())
+    assert [c["index"] for c in data["chunks"]] == list(range(8))
+    for chunk in data["chunks"]:
+        assert {"index", "ms", "cache_bytes", "max_frame_pos"} <= set(chunk)
+    assert data["summary"]["max_frame_pos"] == 11 and data["summary"]["video_frames"] == 93
+    assert data["run"]["policy"]["policy"] == "memrope"
+
+
+def test_duration_rounds_up_to_whole_chunks():
+    assert latent_frames_for(10.0, 16, 4, 3) == 42  # 160 frames -> 41 latents -> 42
+    assert 1 + 4 * (latent_frames_for(1.0, 16, 4, 3) - 1) >= 16
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--policy", "nope"], "unknown cache policy 'nope'"),
+    (["--policy-opt", "cache_size=5"], "must hold sink"),
+    (["--policy-opt", "bogus"], "must look like key=value"),
+    (["--latent-frames", "10"], "multiple of the chunk \\(3\\); use 9 or 12"),
+    (["--policy", "full", "--latent-frames", "1200"], "outside the RoPE table"),
+])
+def test_user_errors_exit_2_without_output(tmp_path, capsys, argv, message):
+    out = tmp_path / "v.mp4"
+    code, _, err = run(["generate", *argv, "--out", str(out), "--no-progress"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("memrope: error:")
+    assert "Traceback" not in err
+    import re
+    assert re.search(message, err)
+    assert not out.exists()
+
+
+def test_argument_errors_are_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--latent-frames", "-3", "--out", str(tmp_path / "v.mp4")])
+    assert exc.value.code == 2
+    assert "expected a number >= 1" in capsys.readouterr().err
+
+
+def test_policies_lists_every_policy_and_preset(capsys):
+    from memrope.cache import policy_names
+
+    code, out, _ = run(["policies"], capsys)
+    assert code == 0
+    for name in policy_names():
+        assert f"\n{name}\n" in f"\n{out}"
+    assert "arXiv 2603.12513" in out
+
+
+def _peak_rss_mb(tmp_path, latent_frames):
+    out = tmp_path / f"v{latent_frames}.mp4"
+    stats = tmp_path / f"s{latent_frames}.json"
+    subprocess.run([sys.executable, "-m", "memrope.cli", "generate", "--policy", "memrope", "--latent-frames",
+                    str(latent_frames), "--out", str(out), "--stats", str(stats), "--no-progress"],
+                   check=True, capture_output=True)
+    summary = json.loads(stats.read_text())["summary"]
+    assert count_frames(out) == 1 + 4 * (latent_frames - 1)
+    return summary["peak_rss_mb"]
+
+
+def test_peak_memory_flat_from_300_to_1200_latent_frames(tmp_path):
+    short, long = _peak_rss_mb(tmp_path, 300), _peak_rss_mb(tmp_path, 1200)
+    assert long <= 1.10 * short, (short, long)
