@@ -74,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output .mp4 (fragmented, written as chunks decode)")
     gen.add_argument("--stats", help="write per-chunk statistics and a summary as JSON")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    model = gen.add_argument_group("model (default: the embedded toy model)")
+    model.add_argument("--model", choices=["self-forcing", "longlive", "diffusers"],
+                       help="real Wan2.1-T2V-1.3B generator to run")
+    model.add_argument("--checkpoint", type=Path, help="self_forcing_dmd.pt, longlive_base.pt or a "
+                       "diffusers transformer folder / .safetensors")
+    model.add_argument("--wan-dir", type=Path, help="Wan2.1-T2V-1.3B folder (VAE, umT5, tokenizer), "
+                       "original or diffusers layout")
+    model.add_argument("--lora", type=Path, help="LongLive lora.pt (merged into the weights)")
+    model.add_argument("--lora-rank", type=_positive_int, help="override the LoRA rank")
+    model.add_argument("--lora-alpha", type=_positive_float, help="override the LoRA alpha")
+    model.add_argument("--no-ema", dest="use_ema", action="store_false",
+                       help="Self-Forcing: load `generator` instead of `generator_ema`")
+    model.add_argument("--height", type=_positive_int, default=480)
+    model.add_argument("--width", type=_positive_int, default=832)
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    model.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
     try:
@@ -121,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .cache import make_policy, parse_options
     from .cache.preflight import preflight
     from .generate import GenerationConfig, StreamingGenerator
-    from .models.toy.default import load_default
+    from .models.bundle import BundleOptions, load_bundle
     from .video import VideoWriter
 
     out = Path(args.out)
@@ -131,7 +148,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         policy = make_policy(args.policy, parse_options(args.policy_opt))
     except ValueError as e:
         raise UserError(str(e)) from None
-    bundle = load_default()
+    try:
+        bundle = load_bundle(BundleOptions(
+            model=args.model, checkpoint=args.checkpoint, wan_dir=args.wan_dir, lora=args.lora,
+            lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, use_ema=args.use_ema, height=args.height,
+            width=args.width, device=args.device, dtype=args.dtype, prompt_cache=args.prompt_cache))
+    except ValueError as e:  # includes WeightFileError: names the file and what was expected
+        raise UserError(str(e)) from None
     stride = bundle.decoder.temporal_stride
     if args.latent_frames is not None:
         n_latent = args.latent_frames

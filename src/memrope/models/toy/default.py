@@ -7,10 +7,9 @@ encoder and the toy decoder. It exercises every part of the streaming path on an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ..bundle import ModelBundle
 from ..wan import WanModel
 from ..wan_config import wan_config
 from .decoder import ToyDecoder
@@ -19,17 +18,6 @@ from .text import HashTextEncoder
 DEFAULT_CONFIG = "toy"
 DEFAULT_LATENT_HW = (8, 8)  # 64x64 pixels through the 8x toy decoder
 WEIGHT_SEED = 0
-
-
-@dataclass
-class ModelBundle:
-    """Everything a generation run needs besides the cache policy."""
-
-    model: WanModel
-    text_encoder: HashTextEncoder
-    decoder: ToyDecoder
-    latent_hw: tuple[int, int]
-    name: str
 
 
 def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:

@@ -1,0 +1,81 @@
+"""What a generation run needs besides the cache policy, and where it comes from.
+
+A bundle pairs a transformer with the text encoder and decoder that belong to it. The embedded
+default needs nothing on disk; real Wan2.1 models (Self-Forcing, LongLive) come from checkpoint
+files through :mod:`memrope.models.wan_bundle`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .wan import WanModel
+
+
+class TextEncoder(Protocol):
+    text_len: int
+    truncated: list[str]  # prompts that the last encode() had to cut
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """[B, text_len, text_dim] float32, zero past each prompt's length."""
+        ...
+
+
+@dataclass
+class ModelBundle:
+    model: WanModel
+    text_encoder: Any  # TextEncoder
+    decoder: Any  # generate.LatentDecoder
+    latent_hw: tuple[int, int]
+    name: str
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """Where the model comes from; ``model=None`` selects the embedded default."""
+
+    model: str | None = None  # "self-forcing" | "longlive" | "diffusers"
+    checkpoint: Path | None = None
+    wan_dir: Path | None = None
+    lora: Path | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    use_ema: bool = True
+    height: int = 480
+    width: int = 832
+    device: str = "auto"
+    dtype: str = "auto"
+    prompt_cache: Path | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in choices:
+        raise ValueError(f"--dtype must be auto or one of {sorted(choices)}, got {dtype!r}")
+    return choices[dtype]
+
+
+def load_bundle(options: BundleOptions) -> ModelBundle:
+    device = resolve_device(options.device)
+    if options.model is None:
+        from .toy.default import load_default
+
+        return load_default(device=device, dtype=resolve_dtype(options.dtype, device)
+                            if options.dtype != "auto" else torch.float32)
+    from .wan_bundle import load_wan_bundle
+
+    return load_wan_bundle(options, device=device, dtype=resolve_dtype(options.dtype, device))
