@@ -22,6 +22,7 @@ from . import __version__
 EXIT_USER_ERROR = 2
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a dark background"
 WARMUP_CHUNKS = 2  # chunks left out of the steady-state latency summary
+DEFAULT_SECONDS = 10.0  # video length when neither a length nor a timed schedule is given
 
 
 class UserError(Exception):
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--latent-frames", type=_positive_int, help="latent frames (a multiple of the chunk)")
     length.add_argument("--duration", type=_positive_float, help="seconds of video (rounded up to whole chunks)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--prompt", default=DEFAULT_PROMPT)
+    prompt = gen.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help='a prompt, or a schedule: "a cat walks[10s] | the cat sleeps[20s]" ([5s#]: a hard cut)')
+    prompt.add_argument("--prompts", type=Path, help="prompt schedule file (.json/.yaml list of "
+                        "{prompt, seconds, cut}, or the inline syntax as text)")
     gen.add_argument("--chunk-frames", type=_positive_int, default=3)
     gen.add_argument("--fps", type=_positive_int, default=16)
     gen.add_argument("--out", required=True, help="output .mp4 (fragmented, written as chunks decode)")
@@ -156,6 +161,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:  # includes WeightFileError: names the file and what was expected
         raise UserError(str(e)) from None
     stride = bundle.decoder.temporal_stride
+    from .schedule import load_schedule, parse_inline
+
+    try:
+        schedule = load_schedule(args.prompts) if args.prompts else parse_inline(args.prompt)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if args.latent_frames is not None:
         n_latent = args.latent_frames
         if n_latent % args.chunk_frames:
@@ -163,18 +174,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UserError(f"--latent-frames must be a multiple of the chunk ({args.chunk_frames}); "
                             f"use {lo or args.chunk_frames} or {lo + args.chunk_frames}")
     else:
-        n_latent = latent_frames_for(args.duration or 10.0, args.fps, stride, args.chunk_frames)
+        seconds = args.duration or schedule.total_seconds or DEFAULT_SECONDS
+        n_latent = latent_frames_for(seconds, args.fps, stride, args.chunk_frames)
     n_chunks = n_latent // args.chunk_frames
+    starts = schedule.start_chunks(args.chunk_frames * stride / args.fps)
+    if starts[-1] >= n_chunks:
+        raise UserError(f"the prompt schedule starts segment {len(starts)} at chunk {starts[-1]}, but the "
+                        f"video has only {n_chunks} chunks; lengthen --duration or shorten the schedule")
     config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=args.chunk_frames, seed=args.seed)
     try:
-        text = bundle.model.encode_text(bundle.text_encoder.encode([args.prompt]))
-        generator = StreamingGenerator(bundle.model, policy, text, config, decoder=bundle.decoder)
+        texts, truncated = [], []
+        for seg in schedule.segments:
+            texts.append(bundle.model.encode_text(bundle.text_encoder.encode([seg.prompt])))
+            truncated += bundle.text_encoder.truncated
+        generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder)
         preflight(policy, bundle.model.rope, args.chunk_frames, n_chunks)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if bundle.text_encoder.truncated:
-        print(f"memrope: warning: prompt longer than {bundle.text_encoder.text_len} words was truncated",
-              file=sys.stderr)
+    switches = {start: (texts[i], schedule.segments[i].cut) for i, start in enumerate(starts) if i > 0}
+    for prompt in truncated:
+        print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
+              f"{prompt[:60]!r}...", file=sys.stderr)
 
     from tqdm import tqdm
 
@@ -185,7 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.inference_mode(), VideoWriter(out, fps=args.fps) as writer, \
             tqdm(total=n_chunks, unit="chunk", disable=args.no_progress, file=sys.stderr) as bar:
-        for result in generator.stream(n_chunks):
+        for result in generator.stream(n_chunks, switches):
             writer.write(result.frames[0])
             chunks.append(result.stats)
             elapsed = time.perf_counter() - start
@@ -197,7 +217,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"peak RSS {summary['peak_rss_mb']} MB", file=sys.stderr)
     if args.stats:
         _write_json(Path(args.stats), {"memrope": __version__, "run": generator.describe(),
-                                       "prompt": args.prompt, "chunks": chunks, "summary": summary})
+                                       "prompts": [vars(seg) for seg in schedule.segments], "prompt_starts": starts,
+                                       "chunks": chunks, "summary": summary})
     return 0
 
 

@@ -81,12 +81,40 @@ class StreamingGenerator:
         self.timesteps = denoising_timesteps(config.sampler)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self._latents: dict[int, torch.Tensor] = {}  # frame_idx -> [B, C, 1, h, w], cached frames only
         if decoder is not None:
             decoder.reset()
 
-    def set_text(self, text: TextContext) -> None:
-        """Switch the prompt from the next chunk on (cross-attention K/V computed by the caller)."""
+    def switch_prompt(self, text: TextContext, cut: bool = False) -> dict[str, Any]:
+        """Change the prompt between chunks; the policy decides what happens to the cache.
+
+        Recaching policies re-encode the frames they keep under the new prompt (clean t=0 passes
+        over the frames' latents, one chunk at a time); others flush or keep (see each policy).
+        """
         self.text = text
+        sw = self.cache.switch(cut=cut)
+        frames = list(sw.recache)
+        step = self.config.chunk_frames
+        ones = torch.ones(self.config.batch, device=self.device)
+        with torch.no_grad():
+            for i in range(0, len(frames), step):
+                group = tuple(frames[i:i + step])
+                self.cache.begin_replay(group)
+                latents = torch.cat([self._latents[f] for f in group], dim=2)  # [B, C, g, h, w]
+                self.model(latents, ones * self.config.sampler.context_t, self.text, self.cache, commit=True)
+                self.cache.end_chunk()
+        return {"at_chunk": self.cache.clock.chunks, "action": sw.action, "cut": cut,
+                "kept": len(sw.keep), "recached": len(frames), "pos_shift": sw.pos_shift}
+
+    def _remember(self, first_frame: int, x0: torch.Tensor) -> None:
+        """Keep the clean latents of frames still in the cache (needed to recache them)."""
+        if not self.cache.policy.recaches_on_switch:
+            return
+        for j in range(x0.shape[2]):
+            self._latents[first_frame + j] = x0[:, :, j:j + 1]
+        cached = {s.frame_idx for s in self.cache.slots if s.frame_idx is not None}
+        for f in [f for f in self._latents if f not in cached]:
+            del self._latents[f]
 
     def chunk_noise(self, chunk_index: int) -> list[torch.Tensor]:
         """Initial noise then one re-noise draw per later step, on the CPU generator of this chunk."""
@@ -111,6 +139,7 @@ class StreamingGenerator:
                 x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
         self.model(x0, ones * cfg.sampler.context_t, self.text, cache, commit=True)
         cache.end_chunk()
+        self._remember(plan.first_frame, x0)
         frames = self.decoder.decode(x0) if self.decoder is not None else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # once per chunk, so that the timing is honest
@@ -129,11 +158,25 @@ class StreamingGenerator:
         }
         return ChunkResult(index=plan.chunk_index, latents=x0, frames=frames, stats=stats)
 
-    def stream(self, num_chunks: int) -> Iterator[ChunkResult]:
+    def stream(self, num_chunks: int, switches: dict[int, tuple[TextContext, bool]] | None = None
+               ) -> Iterator[ChunkResult]:
+        """Yield ``num_chunks`` chunks; ``switches[k] = (text, cut)`` changes the prompt before chunk k."""
         if num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
-        for _ in range(num_chunks):
-            yield self.next_chunk()
+        switches = switches or {}
+        if 0 in switches:
+            raise ValueError("the first prompt is the generator's own; switches start at chunk 1")
+        prompt_index = 0
+        for k in range(num_chunks):
+            event = None
+            if k in switches:
+                prompt_index += 1
+                event = self.switch_prompt(*switches[k])
+            result = self.next_chunk()
+            result.stats["prompt_index"] = prompt_index
+            if event is not None:
+                result.stats["switch"] = event
+            yield result
 
     def describe(self) -> dict[str, Any]:
         return {

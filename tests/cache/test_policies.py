@@ -120,7 +120,7 @@ def test_commit_protocol_errors():
     with pytest.raises(RuntimeError, match="begin_chunk"):
         cache.end_chunk()
     plan = cache.begin_chunk(CHUNK)
-    with pytest.raises(RuntimeError, match="again before end_chunk"):
+    with pytest.raises(RuntimeError, match="a chunk is in progress"):
         cache.begin_chunk(CHUNK)
     k = torch.zeros(1, CHUNK * 6, 2, 12)
     cache.update(0, k, k, k_raw=k, commit=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot
-from .window import windowed_plan
+from .base import CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan
+from .window import recache_switch, windowed_plan
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class AttentionSinkConfig:
 
 class AttentionSink(CachePolicy):
     name = "attention_sink"
+    recaches_on_switch = True
     paper = "frame sink of LongLive (Yang et al., arXiv 2509.22622); StreamingLLM (arXiv 2309.17453)"
 
     def __init__(self, config: AttentionSinkConfig | None = None):
@@ -46,4 +47,7 @@ class AttentionSink(CachePolicy):
         return self.config.window
 
     def plan(self, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
-        return windowed_plan(slots, clock, n_frames, self.config.window, self.config.sink)
+        return windowed_plan(self, slots, clock, n_frames, self.config.window, self.config.sink)
+
+    def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
+        return recache_switch(slots, sink=self.config.sink)

@@ -17,6 +17,7 @@ Two words never mix: ``frame_idx`` is a frame's absolute index in the stream (un
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,15 +29,20 @@ from ..models.rope import Rope3D, RopeFreqs, apply_rope
 FRAME = "frame"
 LONG_MEMORY = "long"
 SHORT_MEMORY = "short"
-SLOT_KINDS = (FRAME, LONG_MEMORY, SHORT_MEMORY)
+SELECTED = "selected"  # tokens picked from several frames (Deep Forcing's top-C)
+SLOT_KINDS = (FRAME, LONG_MEMORY, SHORT_MEMORY, SELECTED)
+ABSOLUTE = "absolute"  # a frame is seen at its own index, as the base models do
+BY_SLOT = "slot"  # a frame is seen at its index in the context: positions stay bounded
 
 
 @dataclass(frozen=True)
 class Slot:
-    """What one cache slot holds: a clean frame (with its ``frame_idx``) or a memory token."""
+    """What one cache slot holds: a clean frame (with its ``frame_idx``), a memory token or
+    selected tokens. ``shift`` is a temporal offset added to the slot's position (a RoPE cut)."""
 
     kind: str
     frame_idx: int | None = None
+    shift: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in SLOT_KINDS:
@@ -46,6 +52,9 @@ class Slot:
 
     def label(self) -> str:
         return f"f{self.frame_idx}" if self.kind == FRAME else self.kind
+
+    def unshifted(self) -> Slot:
+        return Slot(self.kind, self.frame_idx)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class ChunkPlan:
     query_pos: tuple[int, ...]
     evicted: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
+    deferred: bool = False  # compaction needs the chunk's queries: done at each layer's first pass
+    replay: bool = False  # re-encoding frames already generated (prompt-switch recache): no clock advance
+    new_shift: int = 0  # temporal offset of the frames this chunk adds
 
     def __post_init__(self) -> None:
         if not (len(self.past) == len(self.sources) == len(self.past_pos)):
@@ -112,12 +124,37 @@ class ChunkPlan:
         return range(self.first_frame, self.first_frame + self.n_frames)
 
 
+@dataclass(frozen=True)
+class SwitchPlan:
+    """What a policy does to its cache when the prompt changes.
+
+    ``keep``: previous slots kept, in order. ``recache``: frames (by ``frame_idx``) whose K/V must
+    be recomputed under the new prompt and appended after the kept slots (LongLive's KV recache).
+    ``pos_shift``: temporal offset of frames generated from now on (infinity-RoPE's RoPE cut).
+    """
+
+    keep: tuple[int, ...]
+    recache: tuple[int, ...] = ()
+    pos_shift: int = 0
+    reset_shifts: bool = False  # kept slots lose their offsets (a cut starts a new timeline)
+
+    @property
+    def action(self) -> str:
+        if self.recache:
+            return "recache"
+        return "cut" if self.pos_shift else "keep"
+
+
 @dataclass
 class Clock:
-    """Where the stream is; plain ints so that planning never touches the device."""
+    """Where the stream is; plain ints so that planning never touches the device.
+
+    ``pos_shift`` is the temporal offset given to newly generated frames (non-zero after a cut).
+    """
 
     chunks: int = 0
     frames: int = 0
+    pos_shift: int = 0
 
 
 @dataclass
@@ -160,6 +197,8 @@ class CachePolicy(ABC):
     name: ClassVar[str]
     paper: ClassVar[str]
     rotate_at_read: ClassVar[bool] = False
+    positions: ClassVar[str] = "absolute"  # ABSOLUTE (frame index) or BY_SLOT (context index)
+    recaches_on_switch: ClassVar[bool] = False  # on_switch may ask for frames to be re-encoded
 
     def __init__(self, config: Any):
         self.config = config
@@ -185,6 +224,26 @@ class CachePolicy(ABC):
     def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         """Tensor work on the new layout (e.g. write memory tokens into their slots)."""
 
+    def position_of(self, index: int, slot: Slot) -> int:
+        """Temporal RoPE position of ``slot`` sitting at ``index`` of the context."""
+        if self.positions == ABSOLUTE:
+            if slot.frame_idx is None:
+                raise ValueError(f"{self.name}: absolute positions need frame slots, got {slot.kind}")
+            return slot.frame_idx + slot.shift
+        return index + slot.shift
+
+    def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
+        """Prompt change (``cut``: a hard scene cut). Default: keep the cache as it is."""
+        return SwitchPlan(keep=tuple(range(len(slots))))
+
+    def deferred_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry, rope: Rope3D,
+                            q_raw: torch.Tensor) -> None:
+        """Compaction that needs the chunk's queries (plans with ``deferred``)."""
+        raise NotImplementedError(f"{self.name} planned a deferred compaction it does not implement")
+
+    def after_commit(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry, q_raw: torch.Tensor) -> None:
+        """Per-layer bookkeeping once the chunk's clean K/V are written (e.g. keep its queries)."""
+
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, **vars(self.config)}
 
@@ -193,32 +252,28 @@ def frame_slot(frame_idx: int) -> Slot:
     return Slot(FRAME, frame_idx)
 
 
-def append_plan(
-    slots: tuple[Slot, ...], clock: Clock, n_frames: int, pos_of: Any = None
-) -> ChunkPlan:
-    """Plan that keeps every committed slot in place and appends the new chunk after it.
-
-    ``pos_of(slot_index, slot)`` gives a slot's position; by default the frame's own index
-    (absolute RoPE, as in the base models).
-    """
-    pos_of = pos_of or (lambda i, s: s.frame_idx)
+def append_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
+    """Plan that keeps every committed slot in place and appends the new chunk after it."""
     n = len(slots)
-    new = [frame_slot(clock.frames + j) for j in range(n_frames)]
+    new = [Slot(FRAME, clock.frames + j, clock.pos_shift) for j in range(n_frames)]
     return ChunkPlan(
         chunk_index=clock.chunks,
         first_frame=clock.frames,
         n_frames=n_frames,
         past=slots,
         sources=tuple(range(n)),
-        past_pos=tuple(pos_of(i, s) for i, s in enumerate(slots)),
-        query_pos=tuple(pos_of(n + j, s) for j, s in enumerate(new)),
+        past_pos=tuple(policy.position_of(i, s) for i, s in enumerate(slots)),
+        query_pos=tuple(policy.position_of(n + j, s) for j, s in enumerate(new)),
+        new_shift=clock.pos_shift,
     )
 
 
-def after_chunk(plan: ChunkPlan) -> tuple[tuple[Slot, ...], Clock]:
+def after_chunk(plan: ChunkPlan, clock: Clock) -> tuple[tuple[Slot, ...], Clock]:
     """Slot table and clock once ``plan``'s chunk is committed: the chunk joins the past."""
-    slots = plan.past + tuple(frame_slot(i) for i in plan.frame_indices)
-    return slots, Clock(chunks=plan.chunk_index + 1, frames=plan.first_frame + plan.n_frames)
+    slots = plan.past + tuple(Slot(FRAME, i, plan.new_shift) for i in plan.frame_indices)
+    if plan.replay:
+        return slots, clock
+    return slots, Clock(chunks=clock.chunks + 1, frames=clock.frames + plan.n_frames, pos_shift=clock.pos_shift)
 
 
 class KVCache:
@@ -227,7 +282,9 @@ class KVCache:
     Protocol per chunk: ``begin_chunk(n)``; any number of read passes ``update(..., commit=False)``;
     exactly one ``update(..., commit=True)`` per layer (the clean t=0 pass); ``end_chunk()``.
     Read passes write the chunk's own K/V into the scratch slots after the past and never touch
-    the past; only the commit pass makes the chunk part of the cache.
+    the past (except a policy's ``deferred`` compaction, done once at the first pass); only the
+    commit pass makes the chunk part of the cache. A prompt change is ``switch()``, followed by
+    ``begin_replay()`` chunks for the frames the policy wants re-encoded.
     """
 
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
@@ -251,25 +308,44 @@ class KVCache:
         self.plan: ChunkPlan | None = None
         self.query_freqs: RopeFreqs | None = None
         self._committed = [False] * geometry.num_layers
+        self._prepared = [True] * geometry.num_layers
 
     # ----------------------------------------------------------------- chunk protocol
     def begin_chunk(self, n_frames: int) -> ChunkPlan:
-        if self.plan is not None:
-            raise RuntimeError("begin_chunk() called again before end_chunk()")
         if n_frames != self.geometry.chunk_frames:
             raise ValueError(
                 f"this cache was built for chunks of {self.geometry.chunk_frames} frames, got {n_frames}"
             )
-        plan = self.policy.plan(self.slots, self.clock, n_frames)
+        self._check_idle()
+        return self._start(self.policy.plan(self.slots, self.clock, n_frames))
+
+    def begin_replay(self, frame_indices: tuple[int, ...]) -> ChunkPlan:
+        """Re-encode already generated frames (in order, at most one chunk) after a switch."""
+        self._check_idle()
+        if not 0 < len(frame_indices) <= self.geometry.chunk_frames:
+            raise ValueError(f"replay takes 1..{self.geometry.chunk_frames} frames, got {len(frame_indices)}")
+        if list(frame_indices) != list(range(frame_indices[0], frame_indices[0] + len(frame_indices))):
+            raise ValueError(f"replayed frames must be consecutive, got {frame_indices}")
+        plan = dataclasses.replace(append_plan(self.policy, self.slots, self.clock, len(frame_indices)),
+                                   first_frame=frame_indices[0], replay=True)
+        new = [Slot(FRAME, f, plan.new_shift) for f in frame_indices]
+        n = len(self.slots)
+        plan = dataclasses.replace(plan, query_pos=tuple(self.policy.position_of(n + j, s)
+                                                         for j, s in enumerate(new)))
+        return self._start(plan)
+
+    def _start(self, plan: ChunkPlan) -> ChunkPlan:
         self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
         ft = self.geometry.frame_tokens
-        needed = (plan.n_past + n_frames) * ft
-        moves = self._move_indices(plan.sources)
+        needed = (plan.n_past + plan.n_frames) * ft
+        moves = None if plan.deferred else self._move_indices(plan.sources)
         for layer in self.layers:
             if needed > layer.capacity_tokens():
                 if self.bounded:
                     raise RuntimeError(f"policy {self.policy.name} planned past its own capacity")
                 layer.grow(max(needed, 2 * layer.capacity_tokens()))
+            if plan.deferred:
+                continue
             self.policy.before_compaction(layer, plan, self.geometry)
             if moves is not None:
                 for t in (layer.k, layer.v, layer.k_raw):
@@ -285,6 +361,7 @@ class KVCache:
         self.query_freqs = self.rope.freqs(torch.tensor(plan.query_pos, device=device), self.geometry.grid)
         self.plan = plan
         self._committed = [False] * self.geometry.num_layers
+        self._prepared = [not plan.deferred] * self.geometry.num_layers
         return plan
 
     def update(
@@ -294,13 +371,18 @@ class KVCache:
         v: torch.Tensor,
         k_raw: torch.Tensor | None = None,
         commit: bool = False,
+        q_raw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Place the chunk's K/V ([B, chunk_tokens, H, D]) after the past; return the context.
 
+        ``k_raw``/``q_raw`` are the unrotated keys/queries, for policies that re-index or score.
         Returns (k, v) views of [B, past_tokens + chunk_tokens, H, D]: the whole attention context.
         """
         plan = self._require_plan()
         layer = self.layers[layer_idx]
+        if not self._prepared[layer_idx]:
+            self.policy.deferred_compaction(layer, plan, self.geometry, self.rope, q_raw)
+            self._prepared[layer_idx] = True
         start = plan.n_past * self.geometry.frame_tokens
         end = start + k_rot.shape[1]
         layer.k[:, start:end] = k_rot
@@ -312,6 +394,7 @@ class KVCache:
                 if k_raw is None:
                     raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
                 layer.k_raw[:, start:end] = k_raw
+            self.policy.after_commit(layer, plan, self.geometry, q_raw)
             self._committed[layer_idx] = True
         return layer.k[:, :end], layer.v[:, :end]
 
@@ -320,10 +403,33 @@ class KVCache:
         missing = [i for i, done in enumerate(self._committed) if not done]
         if missing:
             raise RuntimeError(f"chunk {plan.chunk_index} ended without a commit from layers {missing}")
-        self.slots, self.clock = after_chunk(plan)
+        self.slots, self.clock = after_chunk(plan, self.clock)
         self.plan = None
         self.query_freqs = None
         return plan
+
+    def switch(self, cut: bool = False) -> SwitchPlan:
+        """Apply the policy's response to a prompt change; returns it (frames to re-encode)."""
+        self._check_idle()
+        sw = self.policy.on_switch(self.slots, self.clock, cut)
+        if self.policy.positions == ABSOLUTE and sw.reset_shifts:
+            raise ValueError(f"{self.policy.name}: absolute-position caches cannot reset shifts")
+        if any(dst != src for dst, src in enumerate(sw.keep)) and not self.policy.rotate_at_read \
+                and self.policy.positions == BY_SLOT:
+            raise ValueError(f"{self.policy.name}: moving slots would change positions of rotated keys")
+        kept = tuple(self.slots[i] for i in sw.keep)
+        if sw.reset_shifts:
+            kept = tuple(s.unshifted() for s in kept)
+        order = tuple(sw.keep)
+        moves = self._move_indices(order)
+        if moves is not None:
+            for layer in self.layers:
+                for t in (layer.k, layer.v, layer.k_raw):
+                    if t is not None:
+                        t[:, moves[0]] = t[:, moves[1]]
+        self.slots = kept
+        self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
+        return sw
 
     # ----------------------------------------------------------------- inspection
     def nbytes(self) -> int:
@@ -332,9 +438,8 @@ class KVCache:
 
     def persistent_state(self) -> list[dict[str, torch.Tensor]]:
         """Copies of everything a chunk's read passes must leave unchanged (for tests)."""
-        n_tok = len(self.slots) * self.geometry.frame_tokens if self.plan is None else (
-            self.plan.n_past * self.geometry.frame_tokens
-        )
+        n_slots = len(self.slots) if self.plan is None else self.plan.n_past
+        n_tok = n_slots * self.geometry.frame_tokens
         out = []
         for layer in self.layers:
             snap = {"k": layer.k[:, :n_tok].clone(), "v": layer.v[:, :n_tok].clone()}
@@ -352,6 +457,10 @@ class KVCache:
         return past + cur
 
     # ----------------------------------------------------------------- internals
+    def _check_idle(self) -> None:
+        if self.plan is not None:
+            raise RuntimeError("a chunk is in progress: call end_chunk() first")
+
     def _require_plan(self) -> ChunkPlan:
         if self.plan is None:
             raise RuntimeError("no chunk in progress: call begin_chunk() first")
@@ -363,11 +472,15 @@ class KVCache:
         Slots only ever move towards the front, so everything before the first moved slot (the
         sink, typically) is left untouched and only the suffix is copied, once per chunk.
         """
-        ft = self.geometry.frame_tokens
-        moves = [(dst, src) for dst, src in enumerate(sources) if src is not None and src != dst]
-        if not moves:
-            return None
-        device = self.layers[0].k.device
-        dst = torch.cat([torch.arange(d * ft, (d + 1) * ft) for d, _ in moves]).to(device)
-        src = torch.cat([torch.arange(s * ft, (s + 1) * ft) for _, s in moves]).to(device)
-        return dst, src
+        return slot_moves(sources, self.geometry.frame_tokens, self.layers[0].k.device)
+
+
+def slot_moves(sources: tuple[int | None, ...], frame_tokens: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    moves = [(dst, src) for dst, src in enumerate(sources) if src is not None and src != dst]
+    if not moves:
+        return None
+    ft = frame_tokens
+    dst = torch.cat([torch.arange(d * ft, (d + 1) * ft) for d, _ in moves]).to(device)
+    src = torch.cat([torch.arange(s * ft, (s + 1) * ft) for _, s in moves]).to(device)
+    return dst, src

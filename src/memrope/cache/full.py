@@ -28,4 +28,4 @@ class FullCache(CachePolicy):
         return None
 
     def plan(self, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
-        return append_plan(slots, clock, n_frames)
+        return append_plan(self, slots, clock, n_frames)

@@ -35,11 +35,13 @@ from .base import (
     LONG_MEMORY,
     SHORT_MEMORY,
     CacheGeometry,
+    BY_SLOT,
     CachePolicy,
     ChunkPlan,
     Clock,
     LayerKV,
     Slot,
+    SwitchPlan,
     append_plan,
 )
 
@@ -90,8 +92,10 @@ class MemRoPEConfig:
 
 class MemRoPE(CachePolicy):
     name = "memrope"
+    recaches_on_switch = True
     paper = "MemRoPE: evolving memory tokens + online RoPE indexing (Kim et al., arXiv 2603.12513)"
     rotate_at_read = True
+    positions = BY_SLOT
 
     def __init__(self, config: MemRoPEConfig | None = None):
         super().__init__(config or MemRoPEConfig())
@@ -114,10 +118,9 @@ class MemRoPE(CachePolicy):
 
     def plan(self, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
         c = self.config
-        by_slot = lambda i, s: i  # noqa: E731  positions are slot indices, never frame indices
         n = len(slots)
         if n + n_frames <= c.cache_size:  # still filling: slot index == frame index
-            return append_plan(slots, clock, n_frames, pos_of=by_slot)
+            return append_plan(self, slots, clock, n_frames)
         kinds = c.memory_kinds
         has_memory = any(s.kind != FRAME for s in slots)
         recent = self.recent_frames(n_frames)
@@ -138,11 +141,22 @@ class MemRoPE(CachePolicy):
             n_frames=n_frames,
             past=past,
             sources=sources,
-            past_pos=tuple(range(len(past))),
-            query_pos=tuple(range(len(past), len(past) + n_frames)),
+            past_pos=tuple(self.position_of(i, s) for i, s in enumerate(past)),
+            query_pos=tuple(self.position_of(len(past) + j, Slot(FRAME, clock.frames + j, clock.pos_shift))
+                            for j in range(n_frames)),
             evicted=evicted,
             dropped=dropped,
+            new_shift=clock.pos_shift,
         )
+
+    def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
+        """Keep the sink and both memories (the video's identity), re-encode the recent frames
+        under the new prompt (LongLive's recache, which makes the switch take hold at once).
+        Memory tokens are averages of many frames and change slowly by design; re-encoding them
+        is impossible (their source frames are gone) and resetting them would discard identity."""
+        fixed = self.config.sink + sum(1 for s in slots if s.kind != FRAME)
+        fixed = min(fixed, len(slots))
+        return SwitchPlan(keep=tuple(range(fixed)), recache=tuple(s.frame_idx for s in slots[fixed:]))
 
     # ----------------------------------------------------------------- tensor work (once per chunk)
     def allocate_extra(self, geo: CacheGeometry) -> dict[str, torch.Tensor]:

@@ -21,5 +21,5 @@ def preflight(policy: CachePolicy, rope: Rope3D, chunk_frames: int, num_chunks: 
             rope.check_positions(
                 largest, f"{policy.name} would reach temporal position {largest} at chunk "
                 f"{plan.chunk_index} of {num_chunks}; position")
-        slots, clock = after_chunk(plan)
+        slots, clock = after_chunk(plan, clock)
     return largest

@@ -13,6 +13,8 @@ from typing import Any
 
 from .attention_sink import AttentionSink, AttentionSinkConfig
 from .base import CachePolicy
+from .deep_forcing import DeepForcing, DeepForcingConfig
+from .infinity_rope import InfinityRoPE, InfinityRoPEConfig
 from .full import FullCache, FullConfig
 from .memrope import MemRoPE, MemRoPEConfig
 from .sliding_window import SlidingWindow, SlidingWindowConfig
@@ -22,6 +24,8 @@ POLICIES: dict[str, tuple[type[CachePolicy], type]] = {
     SlidingWindow.name: (SlidingWindow, SlidingWindowConfig),
     AttentionSink.name: (AttentionSink, AttentionSinkConfig),
     MemRoPE.name: (MemRoPE, MemRoPEConfig),
+    DeepForcing.name: (DeepForcing, DeepForcingConfig),
+    InfinityRoPE.name: (InfinityRoPE, InfinityRoPEConfig),
 }
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot
-from .window import windowed_plan
+from .base import CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan
+from .window import recache_switch, windowed_plan
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class SlidingWindowConfig:
 
 class SlidingWindow(CachePolicy):
     name = "sliding_window"
+    recaches_on_switch = True
     paper = "Self-Forcing rolling KV cache (Huang et al., arXiv 2506.08009)"
 
     def __init__(self, config: SlidingWindowConfig | None = None):
@@ -40,4 +41,7 @@ class SlidingWindow(CachePolicy):
         return self.config.window
 
     def plan(self, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
-        return windowed_plan(slots, clock, n_frames, self.config.window, sink=0)
+        return windowed_plan(self, slots, clock, n_frames, self.config.window, sink=0)
+
+    def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
+        return recache_switch(slots, sink=0)

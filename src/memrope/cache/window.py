@@ -1,33 +1,48 @@
-"""Shared mechanism of the sliding-window and attention-sink policies.
+"""Shared mechanism of the window policies: a fixed number of frames, a protected sink.
 
-Both keep a fixed number of frames (``window``, counting the chunk being generated), protect the
-first ``sink`` frames, and evict the oldest unprotected frames; every frame keeps its absolute
-RoPE position, so keys are stored rotated, as the base models store them.
+``window`` counts the frames attended, the chunk being generated included; the first ``sink``
+frames are never evicted; the oldest unprotected frames leave first. Whether a frame is seen at
+its own index (sliding window, attention sink) or at its index in the window (infinity-RoPE) is
+the policy's ``position_of``.
+
+On a prompt change these policies follow LongLive's KV recache: the sink stays, every other
+cached frame is re-encoded under the new prompt (a clean t=0 pass over its latents), so the cache
+stops carrying the old prompt's cross-attention in its keys and values.
 """
 
 from __future__ import annotations
 
-from .base import ChunkPlan, Clock, Slot, append_plan
+from .base import CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan, append_plan
 
 
-def windowed_plan(slots: tuple[Slot, ...], clock: Clock, n_frames: int, window: int, sink: int) -> ChunkPlan:
+def windowed_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int, window: int,
+                  sink: int) -> ChunkPlan:
     """Evict the oldest non-sink frames so that past + new chunk fit in ``window`` frames."""
     n = len(slots)
     overflow = n + n_frames - window
     if overflow <= 0:
-        return append_plan(slots, clock, n_frames)
+        return append_plan(policy, slots, clock, n_frames)
     protected = min(sink, n)
     evicted = tuple(range(protected, protected + overflow))
     kept = tuple(i for i in range(n) if i not in evicted)
     past = tuple(slots[i] for i in kept)
+    new = [Slot("frame", clock.frames + j, clock.pos_shift) for j in range(n_frames)]
     return ChunkPlan(
         chunk_index=clock.chunks,
         first_frame=clock.frames,
         n_frames=n_frames,
         past=past,
         sources=kept,
-        past_pos=tuple(s.frame_idx for s in past),
-        query_pos=tuple(range(clock.frames, clock.frames + n_frames)),
+        past_pos=tuple(policy.position_of(i, s) for i, s in enumerate(past)),
+        query_pos=tuple(policy.position_of(len(past) + j, s) for j, s in enumerate(new)),
         evicted=evicted,
         dropped=evicted,
+        new_shift=clock.pos_shift,
     )
+
+
+def recache_switch(slots: tuple[Slot, ...], sink: int) -> SwitchPlan:
+    """LongLive KV recache: keep the sink, re-encode every other cached frame in order."""
+    protected = min(sink, len(slots))
+    return SwitchPlan(keep=tuple(range(protected)),
+                      recache=tuple(s.frame_idx for s in slots[protected:]))

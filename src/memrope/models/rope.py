@@ -116,3 +116,25 @@ def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
     sin = freqs.sin[None, :, None, :]
     out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tensor:
+    """Move already-rotated keys ``x`` [B, L, H, D] by ``delta`` temporal positions ([B, L] or [L] ints).
+
+    Rotations compose, R(p + d) = R(d) R(p), so a key rotated at p becomes the key rotated at
+    p + d by rotating only its temporal channel pairs by d. Spatial channels are untouched, so
+    tokens keep their own (row, col) whatever frame slot they are moved into (Deep Forcing).
+    """
+    t_pairs = rope.split[0] // 2
+    mag = delta.abs().to(device=x.device, dtype=torch.long)  # callers bound |delta| by their window
+    sign = torch.sign(delta).to(device=x.device, dtype=torch.float32)
+    cos = rope.cos_t[mag][..., :t_pairs]  # [(B,) L, t_pairs]
+    sin = rope.sin_t[mag][..., :t_pairs] * sign.unsqueeze(-1)
+    if cos.ndim == 2:
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, L, 1, t_pairs]
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    real, imag = xf[..., :t_pairs, 0], xf[..., :t_pairs, 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    out = torch.cat([rotated, xf[..., t_pairs:, :]], dim=-2)
+    return out.flatten(-2).to(x.dtype)

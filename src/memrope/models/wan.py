@@ -85,9 +85,9 @@ class SelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)  # [B, L, H, D]
         k = self.norm_k(self.k(x)).view(b, n, self.heads, self.head_dim)
         v = self.v(x).view(b, n, self.heads, self.head_dim)
-        freqs = cache.query_freqs  # planned once per chunk, shared by all layers and passes
-        q = apply_rope(q, freqs)
-        k_ctx, v_ctx = cache.update(layer_idx, apply_rope(k, freqs), v, k_raw=k, commit=commit)
+        k_ctx, v_ctx = cache.update(layer_idx, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=commit,
+                                    q_raw=q)
+        q = apply_rope(q, cache.query_freqs)  # positions planned once per chunk, shared by all passes
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k_ctx.transpose(1, 2), v_ctx.transpose(1, 2))
         return self.o(out.transpose(1, 2).flatten(2))  # [B, L, dim]
 
