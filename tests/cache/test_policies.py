@@ -89,14 +89,14 @@ def test_read_passes_never_change_the_cache_and_each_layer_commits_once(tiny_mod
     commits = []
     original = gen.cache.update
 
-    def counting_update(layer_idx, k_rot, v, k_raw=None, commit=False):
+    def counting_update(layer_idx, k_rot, v, k_raw=None, commit=False, **kw):
         if not commit:  # a read pass: the persistent state must be what it was before the chunk
             for before, after in zip(snapshot, gen.cache.persistent_state()):
                 assert before.keys() == after.keys()
                 assert all(torch.equal(before[k], after[k]) for k in before)
         else:
             commits.append((gen.cache.plan.chunk_index, layer_idx))
-        return original(layer_idx, k_rot, v, k_raw=k_raw, commit=commit)
+        return original(layer_idx, k_rot, v, k_raw=k_raw, commit=commit, **kw)
 
     gen.cache.update = counting_update
     real_begin = gen.cache.begin_chunk
