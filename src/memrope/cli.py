@@ -7,33 +7,17 @@ traceback and before any output file is created.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import EXIT_RUN_FAILURE, EXIT_USER_ERROR, RunFailure, UserError
+from .run import latent_frames_for  # noqa: F401  (re-exported for callers of the CLI module)
 
-EXIT_USER_ERROR = 2
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a dark background"
-WARMUP_CHUNKS = 2  # chunks left out of the steady-state latency summary
-DEFAULT_SECONDS = 10.0  # video length when neither a length nor a timed schedule is given
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
-
-
-def latent_frames_for(duration_s: float, fps: int, temporal_stride: int, chunk: int) -> int:
-    """Smallest whole-chunk latent length whose video (1 + stride (T-1) frames) lasts >= duration."""
-    frames = max(1, math.ceil(duration_s * fps))
-    latent = math.ceil((frames - 1) / temporal_stride) + 1
-    return math.ceil(latent / chunk) * chunk
 
 
 def _positive_int(value: str) -> int:
@@ -76,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "{prompt, seconds, cut}, or the inline syntax as text)")
     gen.add_argument("--chunk-frames", type=_positive_int, default=3)
     gen.add_argument("--fps", type=_positive_int, default=16)
-    gen.add_argument("--out", required=True, help="output .mp4 (fragmented, written as chunks decode)")
+    gen.add_argument("--out", help="output .mp4 (fragmented, written as chunks decode)")
     gen.add_argument("--stats", help="write per-chunk statistics and a summary as JSON")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    session = gen.add_argument_group("resumable runs")
+    session.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                         help="save the whole generator state every N chunks (and on SIGINT/SIGTERM) in a run "
+                              "directory; the video is written as segments and assembled into --out")
+    session.add_argument("--run-dir", type=Path, help="run directory (default: OUT.run)")
+    session.add_argument("--resume", type=Path, metavar="DIR", help="continue the run saved in DIR exactly")
+    session.add_argument("--save-latents", action="store_true", help="also keep the clean latents per segment")
     model = gen.add_argument_group("model (default: the embedded toy model)")
     model.add_argument("--model", choices=["self-forcing", "longlive", "diffusers"],
                        help="real Wan2.1-T2V-1.3B generator to run")
@@ -107,119 +98,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _summary(chunks: list[dict], total_s: float) -> dict[str, Any]:
-    steady = [c["ms"] for c in chunks[WARMUP_CHUNKS:]] or [c["ms"] for c in chunks]
-    video_frames = sum(c["video_frames"] or 0 for c in chunks)
-    return {
-        "chunks": len(chunks),
-        "latent_frames": sum(c["latent_frames"] for c in chunks),
-        "video_frames": video_frames,
-        "seconds": round(total_s, 3),
-        "fps": round(video_frames / total_s, 2) if total_s > 0 else None,
-        "first_chunk_ms": chunks[0]["ms"],
-        "steady_median_ms": round(statistics.median(steady), 3),
-        "cache_bytes_max": max(c["cache_bytes"] for c in chunks),
-        "cache_bytes_final": chunks[-1]["cache_bytes"],
-        "max_frame_pos": max(c["max_frame_pos"] for c in chunks),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .cache import make_policy, parse_options
-    from .cache.preflight import preflight
-    from .generate import GenerationConfig, StreamingGenerator
-    from .models.bundle import BundleOptions, load_bundle
-    from .video import VideoWriter
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings as plain data (stored in a run directory's manifest for --resume)."""
+    from .cache import parse_options
 
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise UserError(f"--out must name an .mp4 file, got {out}")
+    if args.resume is None and args.checkpoint_every and args.run_dir is None:
+        args.run_dir = out.with_name(out.name + ".run")
     try:
-        policy = make_policy(args.policy, parse_options(args.policy_opt))
+        policy_options = parse_options(args.policy_opt)
     except ValueError as e:
         raise UserError(str(e)) from None
-    try:
-        bundle = load_bundle(BundleOptions(
-            model=args.model, checkpoint=args.checkpoint, wan_dir=args.wan_dir, lora=args.lora,
-            lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, use_ema=args.use_ema, height=args.height,
-            width=args.width, device=args.device, dtype=args.dtype, prompt_cache=args.prompt_cache))
-    except ValueError as e:  # includes WeightFileError: names the file and what was expected
-        raise UserError(str(e)) from None
-    stride = bundle.decoder.temporal_stride
-    from .schedule import load_schedule, parse_inline
+    path = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
+    return {
+        "policy": args.policy, "policy_options": policy_options, "seed": args.seed,
+        "prompt": args.prompt, "prompts_file": path(args.prompts), "schedule": None,
+        "latent_frames": args.latent_frames, "duration": args.duration,
+        "chunk_frames": args.chunk_frames, "fps": args.fps,
+        "out": str(out.resolve()), "stats": path(args.stats), "run_dir": path(args.run_dir),
+        "checkpoint_every": args.checkpoint_every or 0, "save_latents": args.save_latents,
+        "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
+                  "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+                  "use_ema": args.use_ema, "height": args.height, "width": args.width,
+                  "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache)},
+    }
 
-    try:
-        schedule = load_schedule(args.prompts) if args.prompts else parse_inline(args.prompt)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.latent_frames is not None:
-        n_latent = args.latent_frames
-        if n_latent % args.chunk_frames:
-            lo = n_latent - n_latent % args.chunk_frames
-            raise UserError(f"--latent-frames must be a multiple of the chunk ({args.chunk_frames}); "
-                            f"use {lo or args.chunk_frames} or {lo + args.chunk_frames}")
-    else:
-        seconds = args.duration or schedule.total_seconds or DEFAULT_SECONDS
-        n_latent = latent_frames_for(seconds, args.fps, stride, args.chunk_frames)
-    n_chunks = n_latent // args.chunk_frames
-    starts = schedule.start_chunks(args.chunk_frames * stride / args.fps)
-    if starts[-1] >= n_chunks:
-        raise UserError(f"the prompt schedule starts segment {len(starts)} at chunk {starts[-1]}, but the "
-                        f"video has only {n_chunks} chunks; lengthen --duration or shorten the schedule")
-    config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=args.chunk_frames, seed=args.seed)
-    try:
-        texts, truncated = [], []
-        for seg in schedule.segments:
-            texts.append(bundle.model.encode_text(bundle.text_encoder.encode([seg.prompt])))
-            truncated += bundle.text_encoder.truncated
-        generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder)
-        preflight(policy, bundle.model.rope, args.chunk_frames, n_chunks)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    switches = {start: (texts[i], schedule.segments[i].cut) for i, start in enumerate(starts) if i > 0}
-    for prompt in truncated:
-        print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
-              f"{prompt[:60]!r}...", file=sys.stderr)
 
-    from tqdm import tqdm
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .run import generate
 
-    n_video = 1 + stride * (n_latent - 1)
-    print(f"memrope: {bundle.name}, policy {args.policy}, {n_latent} latent frames = {n_video} frames "
-          f"({n_video / args.fps:.1f} s at {args.fps} fps) -> {out}", file=sys.stderr)
-    chunks: list[dict] = []
-    start = time.perf_counter()
-    with torch.inference_mode(), VideoWriter(out, fps=args.fps) as writer, \
-            tqdm(total=n_chunks, unit="chunk", disable=args.no_progress, file=sys.stderr) as bar:
-        for result in generator.stream(n_chunks, switches):
-            writer.write(result.frames[0])
-            chunks.append(result.stats)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(fps=f"{writer.frames_written / elapsed:.1f}", pos=result.stats["max_frame_pos"])
-            bar.update(1)
-    total = time.perf_counter() - start
-    summary = _summary(chunks, total)
-    print(f"memrope: wrote {writer.frames_written} frames in {total:.1f} s ({summary['fps']} fps), "
-          f"peak RSS {summary['peak_rss_mb']} MB", file=sys.stderr)
-    if args.stats:
-        _write_json(Path(args.stats), {"memrope": __version__, "run": generator.describe(),
-                                       "prompts": [vars(seg) for seg in schedule.segments], "prompt_starts": starts,
-                                       "chunks": chunks, "summary": summary})
-    return 0
+    if args.resume is not None:
+        return generate({}, resume=args.resume, progress=not args.no_progress)
+    if args.out is None:
+        raise UserError("--out is required (or --resume DIR to continue a run)")
+    return generate(settings_from_args(args), progress=not args.no_progress)
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -234,7 +148,12 @@ def cmd_policies(args: argparse.Namespace) -> int:
 COMMANDS = {"generate": cmd_generate, "policies": cmd_policies}
 
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in OFFLINE_ENV.items():  # weights come from local files only, never from a hub
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
@@ -243,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"memrope: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunFailure as e:
+        print(f"memrope: error: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILURE
     except KeyboardInterrupt:
         print("memrope: interrupted", file=sys.stderr)
         return 130

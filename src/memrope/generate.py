@@ -160,17 +160,17 @@ class StreamingGenerator:
 
     def stream(self, num_chunks: int, switches: dict[int, tuple[TextContext, bool]] | None = None
                ) -> Iterator[ChunkResult]:
-        """Yield ``num_chunks`` chunks; ``switches[k] = (text, cut)`` changes the prompt before chunk k."""
+        """Yield chunks until ``num_chunks`` exist (continuing from the clock after a resume);
+        ``switches[k] = (text, cut)`` changes the prompt right before chunk k."""
         if num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
         switches = switches or {}
         if 0 in switches:
             raise ValueError("the first prompt is the generator's own; switches start at chunk 1")
-        prompt_index = 0
-        for k in range(num_chunks):
+        for k in range(self.cache.clock.chunks, num_chunks):
+            prompt_index = sum(1 for s in switches if s <= k)
             event = None
             if k in switches:
-                prompt_index += 1
                 event = self.switch_prompt(*switches[k])
             result = self.next_chunk()
             result.stats["prompt_index"] = prompt_index
@@ -178,9 +178,38 @@ class StreamingGenerator:
                 result.stats["switch"] = event
             yield result
 
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to continue this stream exactly, between chunks.
+
+        The noise needs no state (it is a function of seed and chunk index) and the text context
+        is recomputed from the prompt by the caller; the decoder's causal state is included.
+        """
+        tensors, data = self.cache.state_dict()
+        tensors = {f"cache.{k}": t for k, t in tensors.items()}
+        tensors.update({f"latent.{f}": t.contiguous() for f, t in self._latents.items()})
+        if self.decoder is not None and hasattr(self.decoder, "state_dict"):
+            tensors.update({f"decoder.{k}": t.contiguous() for k, t in self.decoder.state_dict().items()})
+        return tensors, {"cache": data, "config": self.describe()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+        if data["config"] != json_roundtrip(self.describe()):
+            raise ValueError("saved state was made by a different generator configuration")
+        part = lambda prefix: {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        self.cache.load_state_dict(part("cache."), data["cache"])
+        self._latents = {int(f): t.to(self.device) for f, t in part("latent.").items()}
+        if self.decoder is not None and hasattr(self.decoder, "load_state_dict"):
+            self.decoder.load_state_dict(part("decoder."))
+
     def describe(self) -> dict[str, Any]:
         return {
             "policy": self.cache.policy.describe(),
             "generation": {**asdict(self.config), "timesteps": self.timesteps},
             "model": self.model.config.to_dict(),
         }
+
+
+def json_roundtrip(data: Any) -> Any:
+    """What ``data`` looks like after a JSON save and load (tuples become lists, ...)."""
+    import json
+
+    return json.loads(json.dumps(data, default=str))

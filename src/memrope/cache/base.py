@@ -431,6 +431,40 @@ class KVCache:
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
 
+    # ----------------------------------------------------------------- save / resume
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, plain data) that restore this cache exactly; only committed content."""
+        self._check_idle()
+        n_tok = len(self.slots) * self.geometry.frame_tokens
+        tensors = {}
+        for i, layer in enumerate(self.layers):
+            tensors[f"{i}.k"] = layer.k[:, :n_tok]
+            tensors[f"{i}.v"] = layer.v[:, :n_tok]
+            if layer.k_raw is not None:
+                tensors[f"{i}.k_raw"] = layer.k_raw[:, :n_tok]
+            tensors.update({f"{i}.extra.{k}": t for k, t in layer.extra.items()})
+        data = {"policy": self.policy.describe(), "clock": dataclasses.asdict(self.clock),
+                "slots": [[s.kind, s.frame_idx, s.shift] for s in self.slots]}
+        return {k: t.contiguous() for k, t in tensors.items()}, data
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+        self._check_idle()
+        if data["policy"] != self.policy.describe():
+            raise ValueError(f"saved cache belongs to {data['policy']}, not {self.policy.describe()}")
+        slots = tuple(Slot(kind, idx, shift) for kind, idx, shift in data["slots"])
+        n_tok = len(slots) * self.geometry.frame_tokens
+        for i, layer in enumerate(self.layers):
+            if n_tok > layer.capacity_tokens():
+                layer.grow(n_tok)
+            for name in ("k", "v", "k_raw"):
+                target = getattr(layer, name)
+                if target is not None:
+                    target[:, :n_tok] = tensors[f"{i}.{name}"].to(target.device, target.dtype)
+            for key, t in layer.extra.items():
+                t.copy_(tensors[f"{i}.extra.{key}"])
+        self.slots = slots
+        self.clock = Clock(**data["clock"])
+
     # ----------------------------------------------------------------- inspection
     def nbytes(self) -> int:
         """Bytes held by all cache tensors (allocated, so growth of unbounded policies shows)."""
