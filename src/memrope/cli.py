@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
     try:
         from .eval.cli import add_eval_parser
     except ImportError:  # evaluation extras are optional
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    handler = COMMANDS.get(args.command) or args.func
     try:
         return handler(args)
     except UserError as e:

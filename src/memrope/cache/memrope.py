@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from .base import (
+    BY_SLOT,
     FRAME,
     LONG_MEMORY,
     SHORT_MEMORY,
     CacheGeometry,
-    BY_SLOT,
     CachePolicy,
     ChunkPlan,
     Clock,

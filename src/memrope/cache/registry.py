@@ -14,8 +14,8 @@ from typing import Any
 from .attention_sink import AttentionSink, AttentionSinkConfig
 from .base import CachePolicy
 from .deep_forcing import DeepForcing, DeepForcingConfig
-from .infinity_rope import InfinityRoPE, InfinityRoPEConfig
 from .full import FullCache, FullConfig
+from .infinity_rope import InfinityRoPE, InfinityRoPEConfig
 from .memrope import MemRoPE, MemRoPEConfig
 from .sliding_window import SlidingWindow, SlidingWindowConfig
 

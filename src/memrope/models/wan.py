@@ -72,7 +72,9 @@ class TextContext:
     v: list[torch.Tensor]
 
 
-class SelfAttention(nn.Module):
+class Projections(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k: the parameters both attentions share."""
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
@@ -80,6 +82,8 @@ class SelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(cfg.dim, cfg.eps)
         self.norm_k = WanRMSNorm(cfg.dim, cfg.eps)
 
+
+class SelfAttention(Projections):
     def forward(self, x: torch.Tensor, cache: KVCache, layer_idx: int, commit: bool) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)  # [B, L, H, D]
@@ -92,15 +96,8 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))  # [B, L, dim]
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Projections):
     """Text cross-attention; its text keys/values are projected once per prompt."""
-
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
-        self.norm_q = WanRMSNorm(cfg.dim, cfg.eps)
-        self.norm_k = WanRMSNorm(cfg.dim, cfg.eps)
 
     def project_text(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = ctx.shape
