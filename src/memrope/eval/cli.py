@@ -1,0 +1,109 @@
+"""`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--segment-seconds S]`.
+
+add_eval_parser(subparsers) registers the subcommand on memrope's top-level argparse parser; the
+handler evaluates the videos and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from memrope.eval.config import VBENCH_LONG_CLIP_SECONDS, EvalConfig
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `eval` on an argparse subparsers object; sets `func` to the handler."""
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate videos: drift over time, VBench-style metrics, HTML report",
+        description="Evaluate one or more videos (per segment and whole) and write metrics.json, CSV, "
+        "plots and report.html. Network metrics run only from --weights-dir; nothing is downloaded.",
+    )
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="local folder with DINO/CLIP/LAION weights (HF folders, VBench cache or original files)",
+    )
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=VBENCH_LONG_CLIP_SECONDS,
+        help="segment length for drift curves (default: VBench-Long's 2 s clips)",
+    )
+    p.add_argument(
+        "--labels", default=None, help="comma-separated method label per video (default: file names)"
+    )
+    p.add_argument("--prompts", default=None, help="comma-separated prompt id per video, to pair methods")
+    p.add_argument(
+        "--feature-fps",
+        type=float,
+        default=None,
+        help="frames per second fed to DINO/CLIP (default 2; 0 = every frame, VBench-exact)",
+    )
+    p.add_argument("--seam-period", type=int, default=None, help="known chunk length in frames")
+    p.add_argument("--max-seconds", type=float, default=None, help="evaluate only the first S seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _split(value: str | None, n: int, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [s.strip() for s in value.split(",")]
+    if len(items) != n:
+        raise SystemExit(f"--{what}: got {len(items)} values for {n} videos")
+    return items
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler for `memrope eval`."""
+    from memrope.eval.evaluate import evaluate_videos
+
+    overrides = {}
+    if args.feature_fps is not None:
+        overrides["feature_fps"] = None if args.feature_fps == 0 else args.feature_fps
+    try:
+        config = EvalConfig(
+            segment_seconds=args.segment_seconds,
+            seam_period=args.seam_period,
+            max_seconds=args.max_seconds,
+            **overrides,
+        )
+    except ValueError as e:
+        raise SystemExit(f"memrope eval: {e}") from e
+    n = len(args.videos)
+    ev = evaluate_videos(
+        args.videos,
+        args.out,
+        weights_dir=args.weights_dir,
+        labels=_split(args.labels, n, "labels"),
+        prompts=_split(args.prompts, n, "prompts"),
+        config=config,
+        progress=not args.no_progress,
+    )
+    for v in ev.videos:
+        a = v.analysis
+        print(
+            f"{a.label}: {a.seconds_evaluated:.1f} s of video in {a.elapsed_s:.1f} s, {a.n_segments} segments"
+        )
+    for name, reason in ev.skipped.items():
+        print(f"skipped {name}: {reason}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (python -m memrope.eval.cli) until memrope.cli wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="memrope")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

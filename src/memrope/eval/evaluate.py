@@ -1,0 +1,187 @@
+"""Evaluate several labelled videos and derive the cross-video protocol (drift, CIs, paired tests).
+
+`evaluate_videos` is what `memrope eval` and a future `memrope compare` call: one video per
+(method label, prompt id). Each video gets per-segment curves and drift summaries; across prompts,
+each method gets a bootstrap mean and CI per metric, and every pair of methods a paired bootstrap
+of the per-prompt difference (prompts present for both methods only).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memrope.eval.analysis import VideoAnalysis, analyze_video
+from memrope.eval.bootstrap import Estimate, PairedComparison, bootstrap_mean_ci, paired_bootstrap
+from memrope.eval.config import EvalConfig
+from memrope.eval.drift import DriftSummary, drift_summary
+from memrope.eval.histogram import HISTOGRAM_DRIFT
+from memrope.eval.repetition import PIXEL_ANCHOR_SIMILARITY
+from memrope.eval.spec import MetricSpec
+
+# Heuristic drift thresholds ("time to threshold"), chosen as clearly visible changes, not calibrated
+# against human judgement: a Bhattacharyya distance of 0.3 is a different palette; a mean thumbnail
+# correlation of 0.5 or a DINO/CLIP anchor cosine of 0.8 is a different-looking scene.
+DEFAULT_DRIFT_THRESHOLDS: dict[str, float] = {
+    HISTOGRAM_DRIFT.name: 0.3,
+    PIXEL_ANCHOR_SIMILARITY.name: 0.5,
+    # names of memrope.eval.vbench's anchor metrics (not imported here: that would load transformers)
+    "subject_anchor_similarity": 0.8,
+    "background_anchor_similarity": 0.8,
+}
+
+
+# memrope.eval.vbench's metric names, listed here so they can be reported as skipped without it.
+NETWORK_METRIC_NAMES = (
+    "subject_consistency",
+    "subject_anchor_similarity",
+    "background_consistency",
+    "background_anchor_similarity",
+    "aesthetic_quality",
+)
+
+
+class _NoNetworks:
+    """Stand-in for NetworkSuite when transformers cannot be imported: every network metric skipped."""
+
+    def __init__(self, reason: str) -> None:
+        self.skipped = dict.fromkeys(NETWORK_METRIC_NAMES, reason)
+        self.provenance: dict = {}
+
+    def fresh_metrics(self) -> list:
+        return []
+
+
+@dataclass
+class VideoResult:
+    """One evaluated video with its method label, prompt id and the drift summary of every metric."""
+
+    analysis: VideoAnalysis
+    method: str
+    prompt: str
+    drift: dict[str, DriftSummary]
+
+
+@dataclass
+class Evaluation:
+    """All videos plus the across-prompt summaries. summary[method][metric] uses whole-video values."""
+
+    videos: list[VideoResult]
+    config: EvalConfig
+    specs: dict[str, MetricSpec]
+    skipped: dict[str, str]
+    summary: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    comparisons: dict[str, list[PairedComparison]] = field(default_factory=dict)
+    networks: dict = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(v.method for v in self.videos))
+
+
+def falling_for(spec: MetricSpec | None, first: float, threshold: float) -> bool:
+    """Whether reaching the threshold means going down (scores) or up (errors, distances)."""
+    if spec is not None and spec.higher_is_better is not None:
+        return spec.higher_is_better
+    return not (math.isfinite(first) and threshold > first)
+
+
+def drift_for(analysis: VideoAnalysis, thresholds: Mapping[str, float]) -> dict[str, DriftSummary]:
+    out = {}
+    for name, values in analysis.per_segment.items():
+        threshold = thresholds.get(name)
+        finite = values[np.isfinite(values)]
+        first = float(finite[0]) if finite.size else math.nan
+        falling = falling_for(analysis.specs.get(name), first, threshold) if threshold is not None else True
+        out[name] = drift_summary(analysis.segment_start_s, values, threshold, falling)
+    return out
+
+
+def summarise(
+    videos: Sequence[VideoResult], n_resamples: int = 10_000, seed: int = 0
+) -> tuple[dict[str, dict[str, Estimate]], dict[str, list[PairedComparison]]]:
+    """Bootstrap mean/CI per method and metric; paired bootstrap for every pair of methods."""
+    methods = list(dict.fromkeys(v.method for v in videos))
+    names = list(dict.fromkeys(n for v in videos for n in v.analysis.whole))
+    table: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
+    for v in videos:
+        if v.prompt in table[v.method]:
+            raise ValueError(f"method {v.method!r} has two videos for prompt {v.prompt!r}")
+        table[v.method][v.prompt] = v.analysis.whole
+    summary = {
+        m: {
+            n: bootstrap_mean_ci(
+                [w.get(n, math.nan) for w in table[m].values()], n_resamples=n_resamples, seed=seed
+            )
+            for n in names
+        }
+        for m in methods
+    }
+    comparisons: dict[str, list[PairedComparison]] = {n: [] for n in names}
+    for a, b in itertools.combinations(methods, 2):
+        shared = [p for p in table[a] if p in table[b]]
+        if not shared:
+            continue
+        for n in names:
+            xa = [table[a][p].get(n, math.nan) for p in shared]
+            xb = [table[b][p].get(n, math.nan) for p in shared]
+            comparisons[n].append(paired_bootstrap(xa, xb, a, b, n_resamples=n_resamples, seed=seed))
+    return summary, comparisons
+
+
+def evaluate_videos(
+    paths: Sequence[str | Path],
+    out_dir: str | Path | None,
+    weights_dir: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    config: EvalConfig | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Evaluate videos and, if out_dir is given, write metrics.json, CSVs, plots and report.html there.
+
+    labels: method label per video (default: file stem). prompts: prompt id per video, used to pair
+    videos across methods (default: every video is prompt "0", i.e. one prompt per method).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no videos to evaluate")
+    if labels is None:
+        stems = [p.stem for p in paths]
+        labels = [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+    labels = list(labels)
+    prompts = list(prompts) if prompts is not None else ["0"] * len(paths)
+    if len(labels) != len(paths) or len(prompts) != len(paths):
+        raise ValueError(f"{len(paths)} videos but {len(labels)} labels and {len(prompts)} prompt ids")
+    config = config or EvalConfig()
+    thresholds = {**DEFAULT_DRIFT_THRESHOLDS, **(thresholds or {})}
+    try:
+        from memrope.eval.vbench import NetworkSuite  # imports transformers: only when evaluating
+
+        suite = NetworkSuite(weights_dir, config.feature_batch)
+    except ImportError as e:  # transformers missing: weight-free metrics still run
+        suite = _NoNetworks(f"network metrics need transformers: {e}")
+    videos, specs = [], {}
+    for path, method, prompt in zip(paths, labels, prompts, strict=True):
+        # Network metrics hold per-video state: fresh objects per video, networks loaded once.
+        features = suite.fresh_metrics()
+        name = method if prompts.count(prompt) == len(prompts) else f"{method}/{prompt}"
+        analysis = analyze_video(path, config, label=name, features=features, progress=progress)
+        analysis.skipped.update(suite.skipped)
+        specs.update(analysis.specs)
+        videos.append(VideoResult(analysis, method, prompt, drift_for(analysis, thresholds)))
+    summary, comparisons = summarise(videos)
+    evaluation = Evaluation(
+        videos, config, specs, dict(suite.skipped), summary, comparisons, suite.provenance
+    )
+    if out_dir is not None:
+        from memrope.eval.report import write_report
+
+        write_report(evaluation, out_dir)
+    return evaluation
