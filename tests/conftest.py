@@ -12,12 +12,15 @@ TINY_LATENT_HW = (4, 4)  # 2x2 tokens per frame after the (1, 2, 2) patch: fast 
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    """`gpu` tests skip without CUDA; `slow` tests (minutes each) run only with `-m slow`."""
+    run_slow = "slow" in (config.getoption("-m") or "")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(scope="session")

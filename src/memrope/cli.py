@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
+    enc = sub.add_parser("encode-prompts", help="fill the prompt-embedding cache with umT5, so that runs never "
+                         "hold umT5 and the transformer in memory together")
+    enc.add_argument("--wan-dir", type=Path, required=True, help="Wan2.1-T2V-1.3B folder (original or diffusers)")
+    enc_src = enc.add_mutually_exclusive_group(required=True)
+    enc_src.add_argument("--prompt", action="append", help="a prompt or inline schedule (repeatable)")
+    enc_src.add_argument("--prompts", type=Path, help="schedule file, or one prompt per line")
+    enc.add_argument("--prompt-cache", type=Path, help="cache folder (default: inside --wan-dir)")
+    enc.add_argument("--device", default="auto")
+    enc.add_argument("--dtype", default="bfloat16", help="umT5 dtype (bfloat16 | float32)")
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
@@ -148,7 +157,26 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "policies": cmd_policies}
+def cmd_encode_prompts(args: argparse.Namespace) -> int:
+    from .models.bundle import resolve_device, resolve_dtype
+    from .schedule import load_schedule, parse_inline
+
+    try:
+        schedules = [load_schedule(args.prompts)] if args.prompts else [parse_inline(p) for p in args.prompt]
+        prompts = sorted({seg.prompt for sched in schedules for seg in sched.segments})
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        from .models.wan_bundle import encode_prompts_to_cache
+
+        paths = encode_prompts_to_cache(args.wan_dir, prompts, args.prompt_cache, device=device, dtype=dtype)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for prompt, path in zip(prompts, paths):
+        print(f"{path}\t{prompt}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "encode-prompts": cmd_encode_prompts}
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -13,17 +13,6 @@ FPS = 16
 WIDTH, HEIGHT = 128, 72
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked slow (minutes) in this folder run only when asked for with `-m slow`."""
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    here = Path(__file__).parent
-    for item in items:
-        if "slow" in item.keywords and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)
-
-
 def write_video(
     path: Path, frames: Iterable[np.ndarray], fps: int = FPS, lossless: bool = True, preset: str = "ultrafast"
 ) -> Path:

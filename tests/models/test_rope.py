@@ -85,3 +85,16 @@ def test_positions_outside_table_are_a_clear_error():
     with pytest.raises(ValueError, match="outside the RoPE table of 32"):
         rope.check_positions(32)
     rope.check_positions(31)
+
+
+def test_tables_stay_fp32_when_the_model_is_cast_to_bf16():
+    rope = Rope3D(16)
+    ref = rope.cos_t.clone()
+    rope.to(torch.bfloat16)
+    assert rope.cos_t.dtype == torch.float32 and torch.equal(rope.cos_t, ref)
+
+
+def test_meta_device_construction_costs_nothing():
+    with torch.device("meta"):
+        rope = Rope3D(128)
+    assert rope.cos_t.is_meta

@@ -63,11 +63,27 @@ class Rope3D(torch.nn.Module):
             raise ValueError(f"max_positions must be >= 1, got {max_positions}")
         self.head_dim = head_dim
         self.max_positions = max_positions
+        self.theta = theta
         self.split = axis_split(head_dim)
+        for name, table in self._tables(torch.device("cpu") if torch.get_default_device().type != "meta"
+                                        else torch.device("meta")).items():
+            self.register_buffer(name, table, persistent=False)
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        out = {}
         for name, dim in zip(("t", "h", "w"), self.split):
-            ang = _angles(max_positions, dim, theta)
-            self.register_buffer(f"cos_{name}", ang.cos().float(), persistent=False)
-            self.register_buffer(f"sin_{name}", ang.sin().float(), persistent=False)
+            ang = _angles(self.max_positions, dim, self.theta).to(device)
+            out[f"cos_{name}"], out[f"sin_{name}"] = ang.cos().float(), ang.sin().float()
+        return out
+
+    def _apply(self, fn, recurse=True):
+        """Keep the tables in fp32 whatever ``model.to(dtype)`` asks: a bf16 cos/sin table would
+        put ~1e-2 errors into every rotation. Rebuilt from fp64 angles, not cast back."""
+        super()._apply(fn, recurse)
+        if self.cos_t.dtype != torch.float32:
+            for name, table in self._tables(self.cos_t.device).items():
+                setattr(self, name, table)
+        return self
 
     def check_positions(self, largest: int, what: str = "temporal position") -> None:
         """Host-side bound check: callers know positions as Python ints, so this never syncs."""
