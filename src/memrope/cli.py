@@ -1,4 +1,4 @@
-"""Command line: ``memrope generate | policies``.
+"""memrope: unbounded streaming video generation with bounded, comparable KV-cache policies.
 
 User errors (bad values, impossible sizes) print one line and exit with status 2, without a
 traceback and before any output file is created.
@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--prompt-cache", type=Path, help="cache folder (default: inside --wan-dir)")
     enc.add_argument("--device", default="auto")
     enc.add_argument("--dtype", default="bfloat16", help="umT5 dtype (bfloat16 | float32)")
+    for name, target, text in (
+        ("bench", "memrope.bench:bench_main", "per-chunk latency, FPS, memory, TFLOP/s and cost model per policy"),
+        ("generate-many", "memrope.distributed:generate_many_main",
+         "one video per prompt, sharded over torchrun ranks, resumable per prompt"),
+    ):
+        forward = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
+        forward.add_argument("args", nargs=argparse.REMAINDER)
+        forward.set_defaults(func=lambda a, target=target: _forward(target, a.args))
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
@@ -155,6 +163,14 @@ def cmd_policies(args: argparse.Namespace) -> int:
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "(no options)"
         print(f"{row['name']}\n    {row['paper']}\n    {defaults}")
     return 0
+
+
+def _forward(target: str, argv: list[str]) -> int:
+    """Hand the rest of the command line to a sub-tool with its own parser (`memrope bench --help`)."""
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(argv)
 
 
 def cmd_encode_prompts(args: argparse.Namespace) -> int:

@@ -93,3 +93,15 @@ def test_unpatchify_inverts_the_patch_layout(tiny_model):
     tokens = x.view(b, c, f, h // 2, 2, w // 2, 2).permute(0, 2, 3, 5, 4, 6, 1)  # [B, F, h, w, ph, pw, c]
     tokens = tokens.reshape(b, f * (h // 2) * (w // 2), 4 * c)
     assert torch.equal(tiny_model.unpatchify(tokens, f, (h // 2, w // 2)), x)
+
+
+def test_bf16_model_runs_on_cpu(tiny_model, tiny_text):
+    import copy
+
+    model = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    geo = model.cache_geometry(1, (4, 4), chunk_frames=3)
+    cache = KVCache(make_policy("memrope"), geo, model.rope)
+    cache.begin_chunk(3)
+    text = model.encode_text(torch.zeros(1, model.config.text_len, model.config.text_dim))
+    v = model(torch.randn(1, model.config.in_dim, 3, 4, 4), torch.tensor([1000.0]), text, cache)
+    assert v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all()

@@ -2,8 +2,9 @@
 
 The reference code keeps keys unrotated and, on every transformer pass and in every layer, clones
 the whole cache, re-rotates all cached keys (and the chunk's own) in float64 complex arithmetic
-with a frequency table assembled per pass, and reads cache indices held in device tensors with
-``.item()`` (host syncs; ~810 per chunk at 30 layers). Positions do not change between the passes
+with a frequency table assembled per pass, rotates the queries in float64 too, and reads cache
+indices held in device tensors with ``.item()`` / ``.tolist()`` (host syncs; ~810 per chunk at
+30 layers; here 6 per layer and pass, 900 per chunk). Positions do not change between the passes
 of a chunk, so all of that is redundant after the first pass; memrope's :class:`KVCache` rotates the
 past once per chunk in fp32 and never clones or syncs. This module exists so that benchmarks can
 report memrope's speed-up over the reference style on the same model and policy.
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..models.rope import ROPE_THETA, Rope3D
+from ..models.rope import ROPE_THETA, Rope3D, RopeFreqs
 from .base import SELECTED, CacheGeometry, CachePolicy, ChunkPlan, Clock, KVCache, LayerKV, Slot, SwitchPlan
 
 SUFFIX = "_reference_style"
@@ -97,6 +98,18 @@ def complex_tables(rope: Rope3D, device: torch.device | str, theta: float = ROPE
     return tables
 
 
+def complex_freqs(frame_pos: torch.Tensor, grid: tuple[int, int], tables: list[torch.Tensor]) -> torch.Tensor:
+    """complex128 rotations [F*h*w, 1, D/2] for frames at ``frame_pos`` on ``grid``."""
+    h, w = grid
+    f = frame_pos.shape[0]
+    ft, fh, fw = tables
+    return torch.cat([
+        ft[frame_pos].view(f, 1, 1, -1).expand(f, h, w, -1),
+        fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+        fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, 1, -1)
+
+
 def rotate_complex128(x: torch.Tensor, frame_pos: torch.Tensor, grid: tuple[int, int],
                       tables: list[torch.Tensor]) -> torch.Tensor:
     """The reference's RoPE (Wan's ``rope_apply``): per sample, with the grid read back to the host,
@@ -105,15 +118,10 @@ def rotate_complex128(x: torch.Tensor, frame_pos: torch.Tensor, grid: tuple[int,
     h, w = grid
     f = frame_pos.shape[0]
     seq_len = f * h * w
-    ft, fh, fw = tables
     grid_sizes = torch.tensor([[f, h, w]] * x.shape[0], device=x.device)
     out = []
-    for i, (fi, hi, wi) in enumerate(grid_sizes.tolist()):  # a host sync, as in the reference
-        freqs = torch.cat([
-            ft[frame_pos].view(fi, 1, 1, -1).expand(fi, hi, wi, -1),
-            fh[:hi].view(1, hi, 1, -1).expand(fi, hi, wi, -1),
-            fw[:wi].view(1, 1, wi, -1).expand(fi, hi, wi, -1),
-        ], dim=-1).reshape(seq_len, 1, -1)  # [L, 1, D/2]
+    for i, (_, hi, wi) in enumerate(grid_sizes.tolist()):  # a host sync, as in the reference
+        freqs = complex_freqs(frame_pos, (hi, wi), tables)  # assembled per call: [L, 1, D/2]
         xi = torch.view_as_complex(x[i, :seq_len].to(torch.float64).unflatten(-1, (-1, 2)).contiguous())
         xi = torch.view_as_real(xi * freqs).flatten(-2)  # [L, H, D] fp64
         out.append(torch.cat([xi, x[i, seq_len:].to(torch.float64)]))
@@ -137,6 +145,11 @@ class ReferenceStyleCache(KVCache):
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
         plan = super()._start(plan)
         self._positions = list(plan.past_pos + plan.query_pos)
+        # The reference rotates the queries (and the chunk's keys) in float64 too: float64 cos/sin
+        # make the model's own apply_rope compute in float64 on every pass.
+        pos = torch.tensor(plan.query_pos, device=self.geometry.device)
+        table = complex_freqs(pos, self.geometry.grid, self._tables)[:, 0]  # [L, D/2] complex128
+        self.query_freqs = RopeFreqs(cos=table.real.contiguous(), sin=table.imag.contiguous())
         return plan
 
     def update(self, layer_idx: int, k_rot: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor | None = None,

@@ -1,0 +1,467 @@
+"""``memrope bench``: per-chunk latency, FPS, peak memory and achieved TFLOP/s, per cache policy.
+
+The model has random weights (timing does not depend on their values) at a named size
+(``wan-1.3b`` at 832x480 -> latent 60x104 on a GPU; ``toy`` or ``tiny`` on a CPU). Every policy runs
+the same chunk loop as generation (:meth:`StreamingGenerator.next_chunk`: 4 read passes, 1 commit
+pass, optional decode), on the same model and text, from the same seed.
+
+Reported per policy: the first chunk apart; steady-state median and p90 after ``warmup`` chunks;
+FPS (video frames per chunk = ``VIDEO_FRAMES_PER_LATENT`` x latent frames / median); peak memory
+(CUDA ``max_memory_allocated`` per policy on a GPU; process peak RSS on the CPU, which is
+process-wide); achieved TFLOP/s from the analytic FLOPs of each chunk (:mod:`memrope.cost_model`)
+against a matmul peak measured in the same run (bf16 on a GPU, fp32 on the CPU). Ratios of every
+policy to ``sliding_window`` and to the reference-style baseline (``memrope_reference_style``, see
+:mod:`memrope.cache.reference_style`) are medians of per-chunk paired ratios and ratios of medians.
+
+On a CPU shared with other work, policies run *interleaved* (chunk k of every policy, in an order
+rotated by k, then chunk k + 1) so that load changes hit all of them alike; on a GPU they run one
+after the other so that each has its own peak-memory reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import cost_model
+from .cache import make_policy
+from .cache.base import CachePolicy, KVCache
+from .cache.reference_style import ReferenceStyle, install, is_reference_style, make_reference_style
+from .generate import GenerationConfig, StreamingGenerator
+from .models.rope import apply_rope
+from .models.wan import TextContext, WanModel
+from .models.wan_config import wan_config
+
+VIDEO_FRAMES_PER_LATENT = 4  # Wan VAE temporal stride (steady state: 4 video frames per latent frame)
+REAL_LATENT_HW = (60, 104)  # 480x832 pixels / the Wan VAE's spatial stride 8
+DEFAULT_POLICIES = ("memrope", "sliding_window", "memrope_reference_style")
+BASELINES = ("sliding_window", "memrope_reference_style")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- setup
+def resolve(device: str, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but no CUDA device is available")
+    if dtype in (None, "auto"):
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return dev, DTYPES[dtype]
+
+
+def build_model(config_name: str, device: torch.device, dtype: torch.dtype, seed: int) -> WanModel:
+    """Random-weight model built directly on ``device``; parameters cast to ``dtype`` except the
+    LayerNorm affines, RoPE tables stay fp32 (``Module.to(dtype)`` would cast those buffers too)."""
+    cfg = wan_config(config_name)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = WanModel(cfg)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            continue  # WanLayerNorm normalises in fp32; its affine weights stay fp32 (CPU layer_norm
+            # refuses an fp32 input with bf16 weights)
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def random_text(model: WanModel, seed: int) -> TextContext:
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed + 1)
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen)
+    with torch.no_grad():
+        return model.encode_text(ctx)
+
+
+def bench_policy(name: str) -> CachePolicy:
+    """A registered policy or preset, ``<policy>_reference_style`` or ``<policy>_stacked``."""
+    if is_reference_style(name):
+        return make_reference_style(name)
+    if name.endswith(STACKED_SUFFIX):
+        return make_policy(name[: -len(STACKED_SUFFIX)])
+    return make_policy(name)
+
+
+def make_decoder(kind: str, model: WanModel, device: torch.device):
+    if kind == "none":
+        return None
+    if kind == "toy":
+        from .models.toy.decoder import ToyDecoder
+
+        return ToyDecoder(model.config.in_dim)
+    if kind == "wan":  # the real Wan2.1 VAE architecture with random weights (needs diffusers)
+        from .models.vae import WanStreamingDecoder, WanVAEConfig, _build_vae
+
+        config = WanVAEConfig()
+        if model.config.in_dim != config.z_dim:
+            raise ValueError(f"the Wan VAE decodes {config.z_dim} latent channels; model config has "
+                             f"{model.config.in_dim} (use --config wan-1.3b)")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return WanStreamingDecoder(_build_vae(config, device), config, device=device, dtype=dtype)
+    raise ValueError(f"decoder must be none, toy or wan, got {kind!r}")
+
+
+# --------------------------------------------------------------------------- prototype of a proposed fix
+STACKED_SUFFIX = "_stacked"
+
+
+class StackedKVCache(KVCache):
+    """Prototype (benchmark-only) of a proposed change to ``cache/base.py``, measured as
+    ``<policy>_stacked``: same plans, same policy hooks, same outputs, less once-per-chunk work.
+
+    1. The per-layer k / v / k_raw buffers are views of one ``[layers, B, T, H, D]`` tensor each,
+       so the compaction moves and the rotation of the past are one operation for all layers
+       instead of one per layer (4 -> 1 dispatch for ``toy``, 30 -> 1 at the real shape).
+    2. Past slots whose content and position did not change since the previous chunk (the sink,
+       once the cache is full) are not re-rotated: only the suffix from the first changed slot.
+    3. RoPE tables are memoised by positions: slot-indexed policies see the same positions every
+       steady-state chunk, so their cos/sin are built once.
+    Bounded policies only (unbounded caches reallocate, which would break the views).
+    """
+
+    def __init__(self, policy: CachePolicy, geometry, rope):
+        super().__init__(policy, geometry, rope)
+        if not self.bounded:
+            raise ValueError(f"{policy.name}: the stacked prototype needs a bounded policy")
+        self.stacked: dict[str, torch.Tensor] = {}
+        for part in ("k", "v", "k_raw"):
+            if getattr(self.layers[0], part) is None:
+                continue
+            big = torch.stack([getattr(layer, part) for layer in self.layers])  # [layers, B, T, H, D]
+            self.stacked[part] = big
+            for i, layer in enumerate(self.layers):
+                setattr(layer, part, big[i])
+        self._rotated_pos: list[int] = []  # positions the keys in each slot are rotated at
+        self._freqs: dict[tuple[int, ...], Any] = {}
+
+    def _freqs_for(self, positions: tuple[int, ...]):
+        if positions not in self._freqs:
+            if len(self._freqs) > 64:
+                self._freqs.clear()
+            device = self.layers[0].k.device
+            self._freqs[positions] = self.rope.freqs(torch.tensor(positions, device=device), self.geometry.grid)
+        return self._freqs[positions]
+
+    def _start(self, plan):
+        self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
+        ft = self.geometry.frame_tokens
+        if (plan.n_past + plan.n_frames) * ft > self.layers[0].capacity_tokens():
+            raise RuntimeError(f"policy {self.policy.name} planned past its own capacity")
+        if plan.deferred:
+            raise ValueError("the stacked prototype does not handle deferred compaction")
+        for layer in self.layers:
+            self.policy.before_compaction(layer, plan, self.geometry)
+        moves = self._move_indices(plan.sources)
+        if moves is not None:
+            for big in self.stacked.values():
+                big[:, :, moves[0]] = big[:, :, moves[1]]
+        for layer in self.layers:
+            self.policy.after_compaction(layer, plan, self.geometry)
+        if self.policy.rotate_at_read and plan.n_past:
+            lo = 0  # first slot whose keys must be (re-)rotated
+            while (lo < plan.n_past and lo < len(self._rotated_pos) and plan.sources[lo] == lo
+                   and plan.past_pos[lo] == self._rotated_pos[lo]):
+                lo += 1
+            if lo < plan.n_past:
+                past = self._freqs_for(tuple(plan.past_pos[lo:]))
+                k, raw = self.stacked["k"], self.stacked["k_raw"]
+                sl = slice(lo * ft, plan.n_past * ft)
+                k[:, :, sl] = apply_rope(raw[:, :, sl].flatten(0, 1), past).unflatten(0, k.shape[:2])
+        # After this chunk commits, slot i holds keys rotated at these positions.
+        self._rotated_pos = list(plan.past_pos + plan.query_pos)
+        self.query_freqs = self._freqs_for(tuple(plan.query_pos))
+        self.plan = plan
+        self._committed = [False] * self.geometry.num_layers
+        self._prepared = [True] * self.geometry.num_layers
+        return plan
+
+    def switch(self, cut: bool = False):
+        self._rotated_pos = []  # slots may move: re-rotate everything next chunk
+        return super().switch(cut)
+
+
+# --------------------------------------------------------------------------- measurements
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, n: int | None = None,
+                min_seconds: float = 0.5) -> dict[str, Any]:
+    """TFLOP/s of a timed large square matmul: bf16 8192^3 on a GPU, fp32 1024^3 on the CPU."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if n is None:
+        n = 8192 if device.type == "cuda" else 1024
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm-up (cuBLAS heuristics, thread pools)
+    sync(device)
+    best, iters, total = math.inf, 0, 0.0
+    while total < min_seconds or iters < 3:
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        dt = time.perf_counter() - t0
+        best, iters, total = min(best, dt), iters + 1, total + dt
+    flops = 2.0 * n**3
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "iters": iters,
+            "best_tflops": flops / best / 1e12, "mean_tflops": flops * iters / total / 1e12}
+
+
+def rss_bytes() -> dict[str, int]:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        current = -1
+    return {"rss_peak_bytes_process": peak, "rss_current_bytes": current}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100])."""
+    xs = sorted(values)
+    if len(xs) == 1:
+        return xs[0]
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def chunk_flops(shape: cost_model.Shape, context_frames: int) -> float:
+    reads = cost_model.pass_cost(shape, context_frames).total_flops
+    return cost_model.PASSES_PER_CHUNK * reads
+
+
+def summarise(name: str, chunks: list[dict], warmup: int, shape: cost_model.Shape,
+              peak_tflops: float) -> dict[str, Any]:
+    ms = [c["ms"] for c in chunks]
+    steady = chunks[warmup:]
+    if not steady:
+        raise ValueError(f"{name}: {len(chunks)} chunks leave none after a warm-up of {warmup}")
+    steady_ms = [c["ms"] for c in steady]
+    median = statistics.median(steady_ms)
+    flops = statistics.mean(chunk_flops(shape, c["cache_frames"]) for c in steady)
+    frames = VIDEO_FRAMES_PER_LATENT * shape.chunk_frames * shape.batch
+    achieved = flops / (median / 1e3) / 1e12
+    return {
+        "policy": name,
+        "first_chunk_ms": ms[0],
+        "steady_chunks": len(steady_ms),
+        "steady_median_ms": median,
+        "steady_p90_ms": percentile(steady_ms, 90),
+        "steady_min_ms": min(steady_ms),
+        "fps": frames / (median / 1e3),
+        "tflop_per_chunk": flops / 1e12,
+        "achieved_tflops": achieved,
+        "fraction_of_matmul_peak": achieved / peak_tflops,
+        "cache_bytes": chunks[-1]["cache_bytes"],
+        "context_frames": steady[-1]["cache_frames"],
+        "max_frame_pos": max(c["max_frame_pos"] for c in chunks),
+        "chunk_ms": ms,
+    }
+
+
+def ratios(results: dict[str, dict], baseline: str, warmup: int) -> dict[str, dict[str, float]]:
+    """Per policy: ratio of steady medians and median of per-chunk paired ratios vs ``baseline``."""
+    if baseline not in results:
+        return {}
+    base = results[baseline]
+    out = {}
+    for name, r in results.items():
+        if name == baseline:
+            continue
+        paired = [a / b for a, b in zip(r["chunk_ms"][warmup:], base["chunk_ms"][warmup:], strict=True)]
+        out[name] = {"ratio_of_medians": r["steady_median_ms"] / base["steady_median_ms"],
+                     "median_paired_ratio": statistics.median(paired)}
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_name: str = "toy",
+              latent_hw: tuple[int, int] = (8, 8), chunks: int = 16, warmup: int = 5,
+              device: str = "auto", dtype: str | None = None, seed: int = 0, decoder: str = "none",
+              order: str = "auto", matmul_n: int | None = None, matmul_seconds: float = 0.5,
+              progress: bool = False) -> dict[str, Any]:
+    """Benchmark ``policies`` on a random-weight model; returns a JSON-ready dict (see module doc)."""
+    if chunks <= warmup:
+        raise ValueError(f"chunks ({chunks}) must exceed warmup ({warmup}) to leave steady-state chunks")
+    if not policies:
+        raise ValueError("name at least one policy")
+    dev, dt = resolve(device, dtype)
+    if order == "auto":
+        order = "sequential" if dev.type == "cuda" else "interleaved"
+    if order not in ("sequential", "interleaved"):
+        raise ValueError(f"order must be auto, sequential or interleaved, got {order!r}")
+    built = {name: bench_policy(name) for name in policies}  # fail on a bad name before any work
+    model = build_model(config_name, dev, dt, seed)
+    text = random_text(model, seed)
+    gen_cfg = GenerationConfig(latent_hw=tuple(latent_hw), chunk_frames=3, seed=seed)
+    shape = cost_model.shape_for(config_name, tuple(latent_hw), gen_cfg.chunk_frames,
+                                 dtype_bytes=torch.finfo(dt).bits // 8)
+    peak = matmul_peak(dev, n=matmul_n, min_seconds=matmul_seconds)
+
+    def generator(name: str) -> StreamingGenerator:
+        g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev))
+        if name.endswith(STACKED_SUFFIX):
+            g.cache = StackedKVCache(built[name], g.cache.geometry, g.cache.rope)
+        return install(g) if isinstance(built[name], ReferenceStyle) else g
+
+    per_chunk: dict[str, list[dict]] = {}
+    memory: dict[str, dict[str, int]] = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        if order == "interleaved":
+            gens = {name: generator(name) for name in policies}
+            per_chunk = {name: [] for name in policies}
+            for k in range(chunks):
+                for j in range(len(policies)):  # rotate the order so no policy always runs first
+                    name = policies[(j + k) % len(policies)]
+                    per_chunk[name].append(gens[name].next_chunk().stats)
+                if progress:
+                    print(f"bench: chunk {k + 1}/{chunks}", file=sys.stderr)
+            for name in policies:
+                memory[name] = rss_bytes() if dev.type == "cpu" else \
+                    {"cuda_max_allocated_bytes_all_policies": torch.cuda.max_memory_allocated(dev)}
+            del gens
+        else:
+            for name in policies:
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(dev)
+                g = generator(name)
+                per_chunk[name] = [g.next_chunk().stats for _ in range(chunks)]
+                memory[name] = {"cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(dev)} \
+                    if dev.type == "cuda" else rss_bytes()
+                if progress:
+                    print(f"bench: {name} done", file=sys.stderr)
+                del g
+    results = {name: {**summarise(name, per_chunk[name], warmup, shape, peak["best_tflops"]), **memory[name]}
+               for name in policies}
+    return {
+        "settings": {"policies": list(policies), "config": config_name, "latent_hw": list(latent_hw),
+                     "grid": list(shape.grid), "chunks": chunks, "warmup": warmup, "device": str(dev),
+                     "dtype": str(dt).removeprefix("torch."), "seed": seed, "decoder": decoder,
+                     "order": order, "chunk_frames": gen_cfg.chunk_frames,
+                     "passes_per_chunk": cost_model.PASSES_PER_CHUNK},
+        "machine": machine_info(dev),
+        "matmul_peak": peak,
+        "results": results,
+        "ratios": {f"vs_{b}": ratios(results, b, warmup) for b in BASELINES if b in results},
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "cpu_count": os.cpu_count()}
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_bench` report."""
+    s = report["settings"]
+    peak = report["matmul_peak"]
+    lines = [f"{s['config']} latent {s['latent_hw'][0]}x{s['latent_hw'][1]} on {s['device']} ({s['dtype']}), "
+             f"{s['chunks']} chunks, warm-up {s['warmup']}, order {s['order']}, decoder {s['decoder']}; "
+             f"matmul peak {peak['best_tflops']:.3f} TFLOP/s ({peak['dtype']} {peak['n']}^3); "
+             f"load {report['machine'].get('load_average')}",
+             "",
+             "| policy | first ms | median ms | p90 ms | FPS | TFLOP/s | % peak | vs sliding_window | "
+             "vs reference-style |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    vs_sw = report["ratios"].get("vs_sliding_window", {})
+    vs_ref = report["ratios"].get("vs_memrope_reference_style", {})
+    for name, r in report["results"].items():
+        def fmt(d: dict) -> str:
+            return f"{d['ratio_of_medians']:.3f} (paired {d['median_paired_ratio']:.3f})" if d else "-"
+        lines.append(f"| {name} | {r['first_chunk_ms']:.1f} | {r['steady_median_ms']:.2f} | "
+                     f"{r['steady_p90_ms']:.2f} | {r['fps']:.1f} | {r['achieved_tflops']:.4f} | "
+                     f"{100 * r['fraction_of_matmul_peak']:.1f}% | {fmt(vs_sw.get(name, {}))} | "
+                     f"{fmt(vs_ref.get(name, {}))} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+def _hw(value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 60x104), got {value!r}") from None
+    return h, w
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="memrope bench", description=__doc__.splitlines()[0])
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                   help="comma-separated policies/presets; <policy>_reference_style for the reference-style "
+                        "baseline")
+    p.add_argument("--config", default=None, help="model size: wan-1.3b | toy | tiny "
+                   "(default: wan-1.3b on CUDA, toy on CPU)")
+    p.add_argument("--latent", type=_hw, default=None,
+                   help="latent HxW (default: 60x104 = 832x480 for wan-1.3b, 8x8 otherwise)")
+    p.add_argument("--chunks", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=5, help="chunks excluded from steady state (cache fill)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", choices=["none", "toy", "wan"], default="none",
+                   help="include a streaming decode in each chunk (default: transformer only)")
+    p.add_argument("--order", choices=["auto", "interleaved", "sequential"], default="auto")
+    p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-FLOP/s matmul")
+    p.add_argument("--cost-model", action="store_true",
+                   help="also print the cost model at the real shape (no compute)")
+    p.add_argument("--out", type=Path, help="write the JSON report here (default: stdout)")
+    return p
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dev, _ = resolve(args.device, args.dtype)
+    config = args.config or ("wan-1.3b" if dev.type == "cuda" else "toy")
+    latent = args.latent or (REAL_LATENT_HW if config == "wan-1.3b" else (8, 8))
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    report = run_bench(policies, config, latent, chunks=args.chunks, warmup=args.warmup, device=args.device,
+                       dtype=args.dtype, seed=args.seed, decoder=args.decoder, order=args.order,
+                       matmul_n=args.matmul_n, progress=True)
+    if args.cost_model:
+        real = cost_model.shape_for("wan-1.3b", REAL_LATENT_HW)
+        plain = [bench_policy(p) for p in policies if not is_reference_style(p)]
+        report["cost_model_real_shape"] = cost_model.compare(plain, real)
+        print(cost_model.format_table(report["cost_model_real_shape"]), file=sys.stderr)
+    print(format_table(report), file=sys.stderr)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(bench_main())

@@ -1,0 +1,122 @@
+"""Cost model: closed forms, agreement with a meta-device FLOP count, the reference's numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memrope.cache import make_policy
+from memrope.cost_model import (
+    REFERENCE_TFLOP_PER_CALL,
+    REFERENCE_TFLOP_PER_CHUNK,
+    cache_work,
+    chunk_report,
+    compare,
+    format_table,
+    meta_flops,
+    pass_cost,
+    shape_for,
+    steady_plan,
+)
+from memrope.models.wan import WanModel
+from memrope.models.wan_config import wan_config
+
+REAL = ((60, 104), "wan-1.3b")
+
+
+def block_linear_weights(config_name: str) -> int:
+    """Independent count: weights of the linears a pass runs per block, from a meta-device model."""
+    with torch.device("meta"):
+        model = WanModel(wan_config(config_name))
+    names = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o",
+             "ffn.0", "ffn.2")
+    return sum(m.weight.numel() for n, m in model.blocks.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.split(".", 1)[1] in names)
+
+
+@pytest.mark.parametrize("config_name, hw", [("tiny", (4, 4)), ("toy", (8, 8)), ("wan-1.3b", (60, 104))])
+def test_linear_flops_are_two_per_token_per_weight(config_name, hw):
+    shape = shape_for(config_name, hw)
+    cost = pass_cost(shape, context_frames=12)
+    assert cost.flops["linear"] == 2 * shape.query_tokens * block_linear_weights(config_name)
+
+
+def test_attention_flops_closed_form():
+    shape = shape_for("wan-1.3b", (60, 104))
+    cfg = shape.config
+    for ctx in (3, 12, 21):
+        f = pass_cost(shape, ctx).flops
+        nq, nk = shape.query_tokens, ctx * shape.frame_tokens
+        assert f["self_attention"] == 2 * 2 * nq * nk * cfg.dim * cfg.num_layers
+        assert f["cross_attention"] == 2 * 2 * nq * cfg.text_len * cfg.dim * cfg.num_layers
+
+
+def test_real_shape_matches_reference_numbers():
+    shape = shape_for("wan-1.3b", (60, 104))
+    assert shape.frame_tokens == 30 * 52  # derived from the latent, not hard-coded in the model
+    report = chunk_report(make_policy("memrope"), shape)
+    assert report["context_frames"] == 12
+    assert report["tflop_per_call"] == pytest.approx(REFERENCE_TFLOP_PER_CALL, rel=0.005)
+    assert report["tflop_per_chunk"] == pytest.approx(REFERENCE_TFLOP_PER_CHUNK, rel=0.005)
+    f = report["transformer"]["flops"]
+    total = report["transformer"]["total_flops"]
+    assert f["self_attention"] / total == pytest.approx(0.57, abs=0.01)
+    assert f["linear"] / total == pytest.approx(0.41, abs=0.01)
+
+
+def test_kv_bytes_match_reference():
+    shape = shape_for("wan-1.3b", (60, 104))
+    per_layer_frame_kv = 2 * shape.frame_bytes()  # K + V in bf16
+    assert per_layer_frame_kv / 1e6 == pytest.approx(9.58, abs=0.01)
+
+
+def test_meta_device_count_agrees_with_closed_form():
+    shape = shape_for("toy", (8, 8))
+    counted = meta_flops("toy", (8, 8), make_policy("memrope"), chunks=5)
+    for ctx, flops in zip((3, 6, 9, 12, 12), counted, strict=True):
+        analytic = {k: v for k, v in pass_cost(shape, ctx).flops.items() if k != "rope"}
+        assert flops == pytest.approx(sum(analytic.values()), rel=1e-9)
+
+
+def test_steady_plans():
+    mem = steady_plan(make_policy("memrope"))
+    assert (mem.n_past, len(mem.evicted), mem.dropped) == (9, 3, ())
+    assert [s.kind for s in mem.past[3:5]] == ["long", "short"]
+    sw = steady_plan(make_policy("sliding_window"))
+    assert sw.n_past == 9 and len(sw.evicted) == 3
+
+
+def test_cache_work_accounts_every_term():
+    shape = shape_for("wan-1.3b", (60, 104))
+    policy = make_policy("memrope")
+    plan = steady_plan(policy)
+    work = cache_work(policy, plan, shape).bytes
+    fb, layers = shape.frame_bytes(), shape.config.num_layers
+    assert work["rotate_past"] == 2 * 9 * fb * layers
+    assert work["moves"] == 2 * 4 * 3 * fb * layers  # 4 recent frames, k + v + k_raw
+    assert work["ema_read"] == 2 * 3 * fb * layers
+    assert work["memory_write"] == 2 * 2 * fb * layers
+    assert cache_work(policy, plan, shape, ring_buffer=True).bytes["moves"] == 0
+
+
+def test_compare_reports_fractions():
+    shape = shape_for("wan-1.3b", (60, 104))
+    report = compare([make_policy("sliding_window"), make_policy("memrope")], shape)
+    json.dumps(report)
+    mem = report["policies"]["memrope"]
+    assert 0 < mem["cache_bytes_fraction"] < 1
+    assert mem["proposed_cache_bytes_fraction"] < mem["ring_buffer_cache_bytes_fraction"] \
+        < mem["cache_bytes_fraction"]
+    assert report["policies"]["sliding_window"]["extra_bytes_vs_sliding_window"] == 0
+    assert "memrope" in format_table(report)
+
+
+def test_reference_style_work():
+    shape = shape_for("wan-1.3b", (60, 104))
+    report = chunk_report(make_policy("memrope"), shape)
+    ref = report["reference_style"]
+    assert ref["host_syncs"] == 6 * 5 * 30
+    assert ref["bytes"]["clone_k_raw_v"] == 5 * 30 * 2 * 2 * 12 * shape.frame_bytes()
+    assert ref["total_bytes"] > 10 * report["cache"]["total_bytes"]
