@@ -152,22 +152,3 @@ def test_run_bench_on_gpu():
         assert r["cuda_max_allocated_bytes"] > 0
         assert r["steady_median_ms"] > 0
     assert report["settings"]["dtype"] == "bfloat16"
-
-
-@pytest.mark.parametrize("name", ["memrope", "sliding_window", "infinity_rope"])
-def test_stacked_prototype_is_bit_identical(tiny_model, tiny_text, name):
-    from memrope.bench import StackedKVCache
-
-    ours, _ = _latents(tiny_model, tiny_text, make_policy(name), 7)
-    gen = StreamingGenerator(tiny_model, make_policy(name), tiny_text, GenerationConfig(latent_hw=HW, seed=3))
-    gen.cache = StackedKVCache(gen.cache.policy, gen.cache.geometry, gen.cache.rope)
-    for a in ours:
-        assert torch.equal(gen.next_chunk().latents, a)
-
-
-def test_stacked_prototype_refuses_unbounded(tiny_model):
-    from memrope.bench import StackedKVCache
-
-    geo = tiny_model.cache_geometry(1, HW, 3)
-    with pytest.raises(ValueError, match="bounded"):
-        StackedKVCache(make_policy("full"), geo, tiny_model.rope)

@@ -35,10 +35,9 @@ import torch
 
 from . import cost_model
 from .cache import make_policy
-from .cache.base import CachePolicy, KVCache
+from .cache.base import CachePolicy
 from .cache.reference_style import ReferenceStyle, install, is_reference_style, make_reference_style
 from .generate import GenerationConfig, StreamingGenerator
-from .models.rope import apply_rope
 from .models.wan import TextContext, WanModel
 from .models.wan_config import wan_config
 
@@ -88,11 +87,9 @@ def random_text(model: WanModel, seed: int) -> TextContext:
 
 
 def bench_policy(name: str) -> CachePolicy:
-    """A registered policy or preset, ``<policy>_reference_style`` or ``<policy>_stacked``."""
+    """A registered policy or preset, or ``<policy>_reference_style``."""
     if is_reference_style(name):
         return make_reference_style(name)
-    if name.endswith(STACKED_SUFFIX):
-        return make_policy(name[: -len(STACKED_SUFFIX)])
     return make_policy(name)
 
 
@@ -113,85 +110,6 @@ def make_decoder(kind: str, model: WanModel, device: torch.device):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         return WanStreamingDecoder(_build_vae(config, device), config, device=device, dtype=dtype)
     raise ValueError(f"decoder must be none, toy or wan, got {kind!r}")
-
-
-# --------------------------------------------------------------------------- prototype of a proposed fix
-STACKED_SUFFIX = "_stacked"
-
-
-class StackedKVCache(KVCache):
-    """Prototype (benchmark-only) of a proposed change to ``cache/base.py``, measured as
-    ``<policy>_stacked``: same plans, same policy hooks, same outputs, less once-per-chunk work.
-
-    1. The per-layer k / v / k_raw buffers are views of one ``[layers, B, T, H, D]`` tensor each,
-       so the compaction moves and the rotation of the past are one operation for all layers
-       instead of one per layer (4 -> 1 dispatch for ``toy``, 30 -> 1 at the real shape).
-    2. Past slots whose content and position did not change since the previous chunk (the sink,
-       once the cache is full) are not re-rotated: only the suffix from the first changed slot.
-    3. RoPE tables are memoised by positions: slot-indexed policies see the same positions every
-       steady-state chunk, so their cos/sin are built once.
-    Bounded policies only (unbounded caches reallocate, which would break the views).
-    """
-
-    def __init__(self, policy: CachePolicy, geometry, rope):
-        super().__init__(policy, geometry, rope)
-        if not self.bounded:
-            raise ValueError(f"{policy.name}: the stacked prototype needs a bounded policy")
-        self.stacked: dict[str, torch.Tensor] = {}
-        for part in ("k", "v", "k_raw"):
-            if getattr(self.layers[0], part) is None:
-                continue
-            big = torch.stack([getattr(layer, part) for layer in self.layers])  # [layers, B, T, H, D]
-            self.stacked[part] = big
-            for i, layer in enumerate(self.layers):
-                setattr(layer, part, big[i])
-        self._rotated_pos: list[int] = []  # positions the keys in each slot are rotated at
-        self._freqs: dict[tuple[int, ...], Any] = {}
-
-    def _freqs_for(self, positions: tuple[int, ...]):
-        if positions not in self._freqs:
-            if len(self._freqs) > 64:
-                self._freqs.clear()
-            device = self.layers[0].k.device
-            self._freqs[positions] = self.rope.freqs(torch.tensor(positions, device=device), self.geometry.grid)
-        return self._freqs[positions]
-
-    def _start(self, plan):
-        self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
-        ft = self.geometry.frame_tokens
-        if (plan.n_past + plan.n_frames) * ft > self.layers[0].capacity_tokens():
-            raise RuntimeError(f"policy {self.policy.name} planned past its own capacity")
-        if plan.deferred:
-            raise ValueError("the stacked prototype does not handle deferred compaction")
-        for layer in self.layers:
-            self.policy.before_compaction(layer, plan, self.geometry)
-        moves = self._move_indices(plan.sources)
-        if moves is not None:
-            for big in self.stacked.values():
-                big[:, :, moves[0]] = big[:, :, moves[1]]
-        for layer in self.layers:
-            self.policy.after_compaction(layer, plan, self.geometry)
-        if self.policy.rotate_at_read and plan.n_past:
-            lo = 0  # first slot whose keys must be (re-)rotated
-            while (lo < plan.n_past and lo < len(self._rotated_pos) and plan.sources[lo] == lo
-                   and plan.past_pos[lo] == self._rotated_pos[lo]):
-                lo += 1
-            if lo < plan.n_past:
-                past = self._freqs_for(tuple(plan.past_pos[lo:]))
-                k, raw = self.stacked["k"], self.stacked["k_raw"]
-                sl = slice(lo * ft, plan.n_past * ft)
-                k[:, :, sl] = apply_rope(raw[:, :, sl].flatten(0, 1), past).unflatten(0, k.shape[:2])
-        # After this chunk commits, slot i holds keys rotated at these positions.
-        self._rotated_pos = list(plan.past_pos + plan.query_pos)
-        self.query_freqs = self._freqs_for(tuple(plan.query_pos))
-        self.plan = plan
-        self._committed = [False] * self.geometry.num_layers
-        self._prepared = [True] * self.geometry.num_layers
-        return plan
-
-    def switch(self, cut: bool = False):
-        self._rotated_pos = []  # slots may move: re-rotate everything next chunk
-        return super().switch(cut)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -321,8 +239,6 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
 
     def generator(name: str) -> StreamingGenerator:
         g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev))
-        if name.endswith(STACKED_SUFFIX):
-            g.cache = StackedKVCache(built[name], g.cache.geometry, g.cache.rope)
         return install(g) if isinstance(built[name], ReferenceStyle) else g
 
     per_chunk: dict[str, list[dict]] = {}

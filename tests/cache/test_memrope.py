@@ -134,3 +134,20 @@ def test_bf16_accumulator_loses_updates_that_fp32_keeps():
     assert abs(memory_after("float32") - exact) < 1e-5
     # bf16 is stuck at LOW: each step of 0.01 * 2^-7 is below half a bf16 ulp at 1.0
     assert abs(memory_after("cache") - exact) > 0.5 * (HIGH - LOW)
+
+
+def test_once_per_chunk_rotation_never_leaves_stale_keys():
+    """Slots that neither moved nor changed position are not rotated again; every key must still
+    equal its unrotated key rotated at the position the chunk plans for it."""
+    cache = make_cache("memrope")
+    ft = GRID[0] * GRID[1]
+    for chunk in range(10):
+        plan = cache.begin_chunk(CHUNK)
+        if plan.n_past:
+            freqs = cache.rope.freqs(torch.tensor(plan.past_pos), GRID)
+            n = plan.n_past * ft
+            for layer in cache.layers:
+                assert torch.equal(layer.k[:, :n], apply_rope(layer.k_raw[:, :n], freqs)), chunk
+        cache.plan = None
+        run_chunk(cache)
+    assert cache.stacked and cache.layers[1].k.data_ptr() == cache.stacked["k"][1].data_ptr()

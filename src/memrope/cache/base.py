@@ -31,6 +31,7 @@ LONG_MEMORY = "long"
 SHORT_MEMORY = "short"
 SELECTED = "selected"  # tokens picked from several frames (Deep Forcing's top-C)
 SLOT_KINDS = (FRAME, LONG_MEMORY, SHORT_MEMORY, SELECTED)
+FREQS_MEMO_SIZE = 64  # distinct position tuples whose RoPE tables are kept (bounded policies repeat a few)
 ABSOLUTE = "absolute"  # a frame is seen at its own index, as the base models do
 BY_SLOT = "slot"  # a frame is seen at its index in the context: positions stay bounded
 
@@ -301,6 +302,17 @@ class KVCache:
             LayerKV.allocate(geometry, first, with_raw=policy.rotate_at_read)
             for _ in range(geometry.num_layers)
         ]
+        # A bounded cache keeps each of k / v / k_raw as ONE [layers, B, T, H, D] tensor whose
+        # slices are the layers' buffers: the once-per-chunk moves and the rotation of the past are
+        # then one operation for all layers instead of one per layer.
+        self.stacked: dict[str, torch.Tensor] = {}
+        if self.bounded:
+            for part in ("k", "v", "k_raw"):
+                if getattr(self.layers[0], part) is None:
+                    continue
+                self.stacked[part] = torch.stack([getattr(layer, part) for layer in self.layers])
+                for i, layer in enumerate(self.layers):
+                    setattr(layer, part, self.stacked[part][i])
         for layer in self.layers:
             layer.extra = policy.allocate_extra(geometry)
         self.slots: tuple[Slot, ...] = ()
@@ -309,6 +321,8 @@ class KVCache:
         self.query_freqs: RopeFreqs | None = None
         self._committed = [False] * geometry.num_layers
         self._prepared = [True] * geometry.num_layers
+        self._rotated_at: list[int] = []  # position the rotated keys of each slot were made at
+        self._freqs: dict[tuple[int, ...], RopeFreqs] = {}  # memo: steady-state positions repeat
 
     # ----------------------------------------------------------------- chunk protocol
     def begin_chunk(self, n_frames: int) -> ChunkPlan:
@@ -338,27 +352,21 @@ class KVCache:
         self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
         ft = self.geometry.frame_tokens
         needed = (plan.n_past + plan.n_frames) * ft
-        moves = None if plan.deferred else self._move_indices(plan.sources)
-        for layer in self.layers:
-            if needed > layer.capacity_tokens():
-                if self.bounded:
-                    raise RuntimeError(f"policy {self.policy.name} planned past its own capacity")
-                layer.grow(max(needed, 2 * layer.capacity_tokens()))
-            if plan.deferred:
-                continue
-            self.policy.before_compaction(layer, plan, self.geometry)
-            if moves is not None:
-                for t in (layer.k, layer.v, layer.k_raw):
-                    if t is not None:
-                        t[:, moves[0]] = t[:, moves[1]]  # the gather copies first: overlap is safe
-            self.policy.after_compaction(layer, plan, self.geometry)
-        device = self.layers[0].k.device
-        if self.policy.rotate_at_read and plan.n_past:
-            past = self.rope.freqs(torch.tensor(plan.past_pos, device=device), self.geometry.grid)
-            n_tok = plan.n_past * ft
+        if needed > self.layers[0].capacity_tokens():
+            if self.bounded:
+                raise RuntimeError(f"policy {self.policy.name} planned past its own capacity")
             for layer in self.layers:
-                layer.k[:, :n_tok] = apply_rope(layer.k_raw[:, :n_tok], past)
-        self.query_freqs = self.rope.freqs(torch.tensor(plan.query_pos, device=device), self.geometry.grid)
+                layer.grow(max(needed, 2 * layer.capacity_tokens()))
+        if not plan.deferred:
+            for layer in self.layers:
+                self.policy.before_compaction(layer, plan, self.geometry)
+            self._move(self._move_indices(plan.sources))
+            for layer in self.layers:
+                self.policy.after_compaction(layer, plan, self.geometry)
+        if self.policy.rotate_at_read and plan.n_past:
+            self._rotate_past(plan)
+        self._rotated_at = list(plan.past_pos + plan.query_pos)  # once this chunk commits
+        self.query_freqs = self._freqs_for(plan.query_pos)
         self.plan = plan
         self._committed = [False] * self.geometry.num_layers
         self._prepared = [not plan.deferred] * self.geometry.num_layers
@@ -420,13 +428,8 @@ class KVCache:
         kept = tuple(self.slots[i] for i in sw.keep)
         if sw.reset_shifts:
             kept = tuple(s.unshifted() for s in kept)
-        order = tuple(sw.keep)
-        moves = self._move_indices(order)
-        if moves is not None:
-            for layer in self.layers:
-                for t in (layer.k, layer.v, layer.k_raw):
-                    if t is not None:
-                        t[:, moves[0]] = t[:, moves[1]]
+        self._move(self._move_indices(tuple(sw.keep)))
+        self._rotated_at = []  # slots moved: rotate everything again at the next chunk
         self.slots = kept
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
@@ -464,6 +467,7 @@ class KVCache:
                 t.copy_(tensors[f"{i}.extra.{key}"])
         self.slots = slots
         self.clock = Clock(**data["clock"])
+        self._rotated_at = []
 
     # ----------------------------------------------------------------- inspection
     def nbytes(self) -> int:
@@ -499,6 +503,47 @@ class KVCache:
         if self.plan is None:
             raise RuntimeError("no chunk in progress: call begin_chunk() first")
         return self.plan
+
+    def _move(self, moves: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Copy slot contents to their new places (dst, src token indices) in k, v and k_raw."""
+        if moves is None:
+            return
+        dst, src = moves
+        if self.stacked:
+            for big in self.stacked.values():
+                big[:, :, dst] = big[:, :, src]  # the gather copies first: overlap is safe
+            return
+        for layer in self.layers:
+            for t in (layer.k, layer.v, layer.k_raw):
+                if t is not None:
+                    t[:, dst] = t[:, src]
+
+    def _rotate_past(self, plan: ChunkPlan) -> None:
+        """Rotate the unrotated past at its planned positions, skipping the leading slots that
+        neither moved nor changed position since their last rotation (the sink, in steady state)."""
+        lo = 0
+        while (lo < plan.n_past and lo < len(self._rotated_at) and plan.sources[lo] == lo
+               and plan.past_pos[lo] == self._rotated_at[lo]):
+            lo += 1
+        if lo == plan.n_past:
+            return
+        ft = self.geometry.frame_tokens
+        freqs = self._freqs_for(plan.past_pos[lo:])
+        span = slice(lo * ft, plan.n_past * ft)
+        if self.stacked:
+            k, raw = self.stacked["k"], self.stacked["k_raw"]  # [layers, B, T, H, D]
+            k[:, :, span] = apply_rope(raw[:, :, span].flatten(0, 1), freqs).unflatten(0, k.shape[:2])
+            return
+        for layer in self.layers:
+            layer.k[:, span] = apply_rope(layer.k_raw[:, span], freqs)
+
+    def _freqs_for(self, positions: tuple[int, ...]) -> RopeFreqs:
+        if positions not in self._freqs:
+            if len(self._freqs) >= FREQS_MEMO_SIZE:
+                self._freqs.clear()
+            device = self.layers[0].k.device
+            self._freqs[positions] = self.rope.freqs(torch.tensor(positions, device=device), self.geometry.grid)
+        return self._freqs[positions]
 
     def _move_indices(self, sources: tuple[int | None, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Token indices (dst, src) for slots whose content moves, or None when nothing moves.
