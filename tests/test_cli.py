@@ -5,7 +5,10 @@ import sys
 import pytest
 
 from memrope.cli import latent_frames_for, main
+from memrope.models.toy.default import load_default
 from memrope.video import count_frames
+
+STRIDE = load_default().decoder.temporal_stride  # video frames per latent frame of the default decoder
 
 
 def run(argv, capsys):
@@ -19,12 +22,12 @@ def test_generate_writes_video_and_stats(tmp_path, capsys):
     code, _, err = run(["generate", "--policy", "memrope", "--latent-frames", "24", "--out", str(out),
                         "--stats", str(stats), "--no-progress"], capsys)
     assert code == 0, err
-    assert count_frames(out) == 1 + 4 * (24 - 1)
     data = json.loads(stats.read_text())
+    assert count_frames(out) == 1 + STRIDE * (24 - 1) == data["summary"]["video_frames"]
     assert [c["index"] for c in data["chunks"]] == list(range(8))
     for chunk in data["chunks"]:
         assert {"index", "ms", "cache_bytes", "max_frame_pos"} <= set(chunk)
-    assert data["summary"]["max_frame_pos"] == 11 and data["summary"]["video_frames"] == 93
+    assert data["summary"]["max_frame_pos"] == 11
     assert data["run"]["policy"]["policy"] == "memrope"
 
 
@@ -38,7 +41,7 @@ def test_duration_rounds_up_to_whole_chunks():
     (["--policy-opt", "cache_size=5"], "must hold sink"),
     (["--policy-opt", "bogus"], "must look like key=value"),
     (["--latent-frames", "10"], "multiple of the chunk \\(3\\); use 9 or 12"),
-    (["--policy", "full", "--latent-frames", "1200"], "outside the RoPE table"),
+    (["--policy", "full", "--latent-frames", "4200"], "outside the RoPE table"),
 ])
 def test_user_errors_exit_2_without_output(tmp_path, capsys, argv, message):
     out = tmp_path / "v.mp4"
@@ -75,7 +78,7 @@ def _peak_rss_mb(tmp_path, latent_frames):
                     str(latent_frames), "--out", str(out), "--stats", str(stats), "--no-progress"],
                    check=True, capture_output=True)
     summary = json.loads(stats.read_text())["summary"]
-    assert count_frames(out) == 1 + 4 * (latent_frames - 1)
+    assert count_frames(out) == 1 + STRIDE * (latent_frames - 1)
     return summary["peak_rss_mb"]
 
 

@@ -17,7 +17,7 @@ from . import __version__
 from .errors import EXIT_RUN_FAILURE, EXIT_USER_ERROR, RunFailure, UserError
 from .run import latent_frames_for  # noqa: F401  (re-exported for callers of the CLI module)
 
-DEFAULT_PROMPT = "a red disc and a blue square bounce on a dark background"
+DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 
 
 def _positive_int(value: str) -> int:

@@ -103,6 +103,8 @@ def prepare(settings: dict[str, Any]) -> Prepared:
             schedule = parse_inline(settings["prompt"])
     except ValueError as e:  # includes WeightFileError: names the file and what was expected
         raise UserError(str(e)) from None
+    if bundle.threads and next(bundle.model.parameters()).device.type == "cpu":
+        torch.set_num_threads(bundle.threads)  # a dispatch-bound tiny model: more threads only contend
     chunk, fps = settings["chunk_frames"], settings["fps"]
     stride = bundle.decoder.temporal_stride
     if settings.get("latent_frames") is not None:

@@ -32,6 +32,7 @@ class ModelBundle:
     decoder: Any  # generate.LatentDecoder
     latent_hw: tuple[int, int]
     name: str
+    threads: int | None = None  # CPU threads this model runs fastest with (tiny models: 1)
 
 
 @dataclass(frozen=True)

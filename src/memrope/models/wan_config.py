@@ -53,8 +53,11 @@ class WanConfig:
 WAN_CONFIGS: dict[str, WanConfig] = {
     "wan-1.3b": WanConfig(),
     # Embedded default (random or toy-trained weights): real-time on 2 CPU cores.
-    "toy": WanConfig(dim=128, num_layers=4, num_heads=4, ffn_dim=384, freq_dim=64, text_dim=64,
-                     text_len=16, in_dim=8, out_dim=8),
+    # Trained on the toy world (models/toy/train.py): 8x8x8 latents of the toy autoencoder, prompts of
+    # up to 32 words; a 2048-entry RoPE table so that absolute-position policies (full, sink) can run
+    # the 100x-training-window benchmark horizon (1200 latent frames) instead of failing.
+    "toy": WanConfig(dim=128, num_layers=4, num_heads=4, ffn_dim=512, freq_dim=64, text_dim=64,
+                     text_len=32, in_dim=8, out_dim=8, rope_max_positions=2048),
     # Unit tests: every code path, milliseconds per call.
     "tiny": WanConfig(dim=48, num_layers=2, num_heads=4, ffn_dim=96, freq_dim=16, text_dim=24,
                       text_len=8, in_dim=4, out_dim=4),

@@ -1,35 +1,67 @@
 """The embedded default model: what ``memrope generate`` runs when no checkpoint is given.
 
-Until the toy world model is trained and shipped, this is the ``toy`` Wan config with fixed random
-weights (seeded, so every install produces the same video for the same seed), the hash text
-encoder and the toy decoder. It exercises every part of the streaming path on any CPU.
+The ``toy`` Wan config trained on the procedural toy world (see ``train.py`` and ``MODEL_CARD.md``),
+its per-frame autoencoder's decoder (64x64 frames, one video frame per latent frame) and the world
+text encoder (hashed word vectors; prompts use the world's vocabulary, see ``prompts.py``). The
+weights ship inside the package as ``toy_world.safetensors``.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from ..bundle import ModelBundle
 from ..wan import WanModel
 from ..wan_config import wan_config
-from .decoder import ToyDecoder
-from .text import HashTextEncoder
+from .autoencoder import FrameAutoencoder, WorldDecoder
+from .text import WorldTextEncoder
 
 DEFAULT_CONFIG = "toy"
-DEFAULT_LATENT_HW = (8, 8)  # 64x64 pixels through the 8x toy decoder
-WEIGHT_SEED = 0
+DEFAULT_LATENT_HW = (8, 8)  # 64x64 pixels through the 8x autoencoder
+WEIGHTS_FILE = Path(__file__).with_name("toy_world.safetensors")
+TRANSFORMER_PREFIX = "transformer."
+AUTOENCODER_PREFIX = "autoencoder."
+
+
+def read_weights(path: Path = WEIGHTS_FILE) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of the shipped weights; a clear error when the file is missing."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the embedded default model's weights are missing: {path} does not exist. Reinstall "
+            "memrope, or rebuild them with `python -m memrope.models.toy.train` (see MODEL_CARD.md)."
+        )
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("memrope", "{}"))
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    return tensors, meta
+
+
+def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
     cfg = wan_config(DEFAULT_CONFIG)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHT_SEED)
-        model = WanModel(cfg)
+    tensors, meta = read_weights()
+    model = WanModel(cfg)
+    model.load_state_dict(_section(tensors, TRANSFORMER_PREFIX), strict=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    autoencoder = FrameAutoencoder()
+    autoencoder.load_state_dict(_section(tensors, AUTOENCODER_PREFIX), strict=True)
+    autoencoder = autoencoder.to(device=device).eval()  # decodes in fp32 whatever the model dtype
+    steps = meta.get("steps_done", "?")
     return ModelBundle(
         model=model,
-        text_encoder=HashTextEncoder(cfg.text_len, cfg.text_dim),
-        decoder=ToyDecoder(cfg.out_dim),
+        text_encoder=WorldTextEncoder(cfg.text_len, cfg.text_dim),
+        decoder=WorldDecoder(autoencoder),
         latent_hw=DEFAULT_LATENT_HW,
-        name=f"{DEFAULT_CONFIG} (random weights, seed {WEIGHT_SEED})",
+        name=f"{DEFAULT_CONFIG} world model (trained, {steps} steps, seed {meta.get('seed', '?')})",
+        threads=1,
     )

@@ -8,10 +8,12 @@ convention: [B, text_len, text_dim], zero past each prompt's length.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import torch
 
 WORD_SEED_BYTES = 8  # bytes of the word's SHA-256 used as its generator seed
+_WORD_SEPARATORS = re.compile(r"[\s,.]+")
 
 
 class HashTextEncoder:
@@ -36,4 +38,22 @@ class HashTextEncoder:
                 self.truncated.append(prompt)
             for j, word in enumerate(words[: self.text_len]):
                 out[i, j] = self._word(word)
+        return out
+
+
+class WorldTextEncoder(HashTextEncoder):
+    """The hash encoder with the toy world's tokenisation: commas and full stops separate words.
+
+    So ``"..., fast"`` and ``"... fast"`` condition the trained default model identically (the
+    world's prompt parser reads them the same way).
+    """
+
+    def __init__(self, text_len: int, text_dim: int):
+        super().__init__(text_len, text_dim)
+        self.identity = f"world-words-v1-{text_len}x{text_dim}"
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        words = [" ".join(w for w in _WORD_SEPARATORS.split(p.lower()) if w) for p in prompts]
+        out = super().encode(words)
+        self.truncated = [prompts[words.index(w)] for w in self.truncated]
         return out

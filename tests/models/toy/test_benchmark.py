@@ -1,0 +1,40 @@
+"""The toy benchmark: segment choice, confidence intervals, and a tiny end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from memrope.models.toy.benchmark import BenchmarkConfig, main, mean_ci, scored_segments
+
+
+def test_scored_segments_cover_the_short_horizon_and_every_horizon_end():
+    segs = scored_segments(100, [10, 100])
+    assert segs[0] == 0 and segs[-1] == 99 and 9 in segs
+    assert segs == sorted(set(segs)) and len(segs) <= 10
+
+
+def test_mean_ci_is_the_student_t_interval():
+    stat = mean_ci(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert stat["n"] == 3 and stat["mean"] == pytest.approx(2.0)
+    assert stat["ci95"] == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
+    assert mean_ci(np.array([np.nan]))["mean"] is None
+
+
+def test_config_rejects_partial_chunks_and_single_seeds():
+    with pytest.raises(ValueError, match="chunks"):
+        BenchmarkConfig(policies=("memrope",), horizons=(13,))
+    with pytest.raises(ValueError, match="seeds"):
+        BenchmarkConfig(policies=("memrope",), horizons=(12,), seeds=1)
+
+
+def test_tiny_run_writes_table_json_and_plots(tmp_path):
+    main(["--policies", "memrope", "memrope_both", "--horizons", "12", "24", "--seeds", "2",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["policies"]) == {"(ground truth)", "(autoencoder round trip)", "memrope"}
+    assert result["aliases"] == {"memrope_both": "memrope"}
+    truth = result["policies"]["(ground truth)"]["horizons"]["24"]
+    assert truth["identity"]["first"]["mean"] == 1.0 and truth["off_world"]["last"]["mean"] == 0.0
+    assert "| memrope |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "drift_identity.png").stat().st_size > 0

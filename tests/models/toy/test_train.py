@@ -1,0 +1,132 @@
+"""Training recipe of the embedded default: the smoke configuration runs and the objective learns."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from memrope.models.toy.autoencoder import FrameAutoencoder
+from memrope.models.toy.clips import ClipConfig, ClipSource
+from memrope.models.toy.text import WorldTextEncoder
+from memrope.models.toy.train import (
+    SMOKE,
+    TrainConfig,
+    build_transformer,
+    clip_batch,
+    diffusion_loss,
+    encode_clips,
+    main,
+    train,
+)
+
+
+def test_smoke_run_writes_loadable_weights_and_a_record(tmp_path):
+    out = tmp_path / "w.safetensors"
+    record = train(TrainConfig(**SMOKE), out, tmp_path / "ckpt", log=lambda msg: None)
+    assert record["steps_done"] == SMOKE["steps"] and record["ae_steps_done"] == SMOKE["ae_steps"]
+    assert torch.isfinite(torch.tensor(record["final_loss"]))
+    tensors = load_file(str(out))
+    assert any(k.startswith("transformer.blocks.0.") for k in tensors)
+    assert "autoencoder.latent_std" in tensors
+    assert json.loads((tmp_path / "ckpt" / "train_record.json").read_text())["steps_done"] == SMOKE["steps"]
+
+
+def test_cli_smoke_refuses_to_overwrite_the_shipped_weights():
+    import pytest
+
+    with pytest.raises(SystemExit, match="--out"):
+        main(["--smoke"])
+
+
+def test_chunkwise_objective_decreases_on_a_fixed_batch():
+    cfg = TrainConfig(**{**SMOKE, "context_noise": 0.0})
+    torch.manual_seed(0)
+    ae = FrameAutoencoder().eval().requires_grad_(False)
+    video, prompts = clip_batch(ClipSource(ClipConfig(n_frames=cfg.window), seed=0), 0, 2)
+    latents = encode_clips(ae, video)
+    latents = (latents - latents.mean()) / latents.std()
+    model = build_transformer(cfg)
+    context = WorldTextEncoder(model.config.text_len, model.config.text_dim).encode(prompts)
+
+    def loss() -> torch.Tensor:  # same noise levels and noise every call
+        return diffusion_loss(model, latents, context, cfg, torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        before = loss().item()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(12):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_gradients_reach_the_keys_of_committed_context():
+    """The clean commit pass is differentiable: the loss of a later chunk trains how context is written."""
+    cfg = TrainConfig(**{**SMOKE, "context_noise": 0.0})
+    torch.manual_seed(0)
+    model = build_transformer(cfg)
+    latents = torch.randn(1, model.config.in_dim, 6, 8, 8)
+    context = torch.zeros(1, model.config.text_len, model.config.text_dim)
+    text = model.encode_text(context)
+    from memrope.cache import KVCache, make_policy
+
+    cache = KVCache(make_policy("full"), model.cache_geometry(1, (8, 8), 3), model.rope)
+    from memrope.models.toy.train import _fresh_cache_tensors
+
+    cache.begin_chunk(3)
+    _fresh_cache_tensors(cache)
+    model(latents[:, :, :3], torch.zeros(1), text, cache, commit=True)
+    cache.end_chunk()
+    cache.begin_chunk(3)
+    _fresh_cache_tensors(cache)
+    v = model(latents[:, :, 3:], torch.full((1,), 500.0), text, cache)
+    v.square().mean().backward()
+    # the committed chunk enters the graph only through the cache: its K/V must carry gradient
+    assert model.patch_embedding.weight.grad is not None
+    del context
+
+
+def test_replaying_a_record_reproduces_the_weights(tmp_path):
+    first = train(TrainConfig(**SMOKE), tmp_path / "a.safetensors", tmp_path / "a", log=lambda msg: None)
+    train(TrainConfig(**SMOKE), tmp_path / "b.safetensors", tmp_path / "b", log=lambda msg: None,
+          replay=first)
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warms_up_decays_and_stops():
+    from memrope.models.toy.train import LRSchedule
+
+    s = LRSchedule(1.0, warmup=10, max_steps=100)
+    assert s.lr(0) == 0.1 and 0.95 < s.lr(9) <= 1.0
+    assert s.lr(50) < s.lr(20) < 1.0 and s.lr(99) < 0.06 and s.lr(100) is None
+    assert LRSchedule(1.0, 10, 100, budget_s=1e-9).lr(0) is None  # budget spent: nothing more
+    replay = LRSchedule(1.0, 10, 100, replay=[0.5, 0.25])
+    assert [replay.lr(0), replay.lr(1), replay.lr(2)] == [0.5, 0.25, None]
+
+
+def test_canonical_start_is_valid_and_set_by_the_prompt_alone():
+    from memrope.models.toy.prompts import sample_spec
+    from memrope.models.toy.train import canonical_state
+    from memrope.models.toy.world import check_state
+
+    for i in range(50):
+        spec = sample_spec(i)
+        state = canonical_state(spec)
+        check_state(spec, state)  # in frame, in the speed band
+        assert state == canonical_state(spec)
+
+
+def test_stage2_batch_scores_the_first_chunk_only_for_canonical_starts():
+    from memrope.models.toy.train import stage2_batch
+
+    cfg = TrainConfig(**{**SMOKE, "batch": 16, "canonical_share": 0.5})
+    source = ClipSource(ClipConfig(n_frames=cfg.window), seed=0)
+    video, prompts, first = stage2_batch(source, 3, cfg)
+    assert video.shape[:2] == (16, cfg.window) and len(prompts) == 16
+    assert first.dtype == torch.bool and 0 < int(first.sum()) < 16
+    before = TrainConfig(**{**SMOKE, "batch": 4, "canonical_from_step": 10})
+    assert bool(stage2_batch(source, 3, before)[2].all())
