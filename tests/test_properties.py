@@ -70,6 +70,7 @@ def test_manifest_parsing_accepts_or_rejects_cleanly(data):
 @given(st.text(min_size=1, max_size=40))
 def test_manifest_segment_names_stay_inside_the_run_directory(name):
     good = {"version": 1, "settings": {}, "chunks_done": 1, "complete": False, "chunk_stats": [{}],
+            "state": "state_000001.safetensors",
             "segments": [{"name": name, "first_chunk": 0, "chunks": 1, "frames": 4}]}
     try:
         manifest = Manifest.from_json(json.loads(json.dumps(good)), "m.json")

@@ -77,7 +77,8 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(straight, tmp_pat
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.wait()
+        _, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"the run ended by itself ({proc.returncode}): {err.decode()}"
         argv = ["generate", "--resume", str(run_dir), "--no-progress"]
     assert kills == 3
     assert manifest(run_dir)["complete"] is False
@@ -186,3 +187,20 @@ def test_existing_run_directory_is_not_overwritten(straight, tmp_path, capsys):
     assert main(args(out, ["--run-dir", str(straight[1])])) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_crash_between_state_and_manifest_resumes_from_the_named_state(straight, tmp_path, capsys):
+    """A kill after a new state file is written but before the manifest names it must not matter."""
+    out = tmp_path / "v.mp4"
+    proc = start(args(out))
+    run_dir = Path(str(out) + ".run")
+    wait_for_chunks(run_dir, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    named = manifest(run_dir)["state"]
+    (run_dir / "state_000999.safetensors").write_bytes(b"a newer state the manifest never named")
+    (run_dir / "state_001000.safetensors.tmp").write_bytes(b"half written")
+    assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert torch.equal(latents(run_dir), latents(straight[1]))
+    assert sorted(p.name for p in run_dir.glob("state_*")) == [manifest(run_dir)["state"]]
+    assert named != manifest(run_dir)["state"]

@@ -256,7 +256,7 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
         else:
             run.discard_unfinished(manifest)
             if manifest.chunks_done:
-                tensors, data = run.load_state()
+                tensors, data = run.load_state(manifest)
                 gen.load_state_dict(tensors, data)
             if gen.cache.clock.chunks != manifest.chunks_done:
                 raise UserError(f"{run_dir}: state is at chunk {gen.cache.clock.chunks} but the manifest at "

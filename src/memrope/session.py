@@ -5,11 +5,12 @@ Layout of a run directory::
     manifest.json             what was asked (the command's settings) and what is done
     segments/seg_000000.mp4   one fragmented MP4 per checkpoint interval
     segments/seg_000000.latents.safetensors   (with --save-latents) the clean latents
-    state.safetensors         the generator's state at the last checkpoint
+    state_000040.safetensors  the generator's state after chunk 40, named by the manifest
 
-A checkpoint closes the current segment, writes the state, then the manifest - each to a temporary
-file renamed into place - so the directory always describes one consistent moment: the manifest
-names only finished segments and the state that follows them. Anything written after the last
+A checkpoint closes the current segment, writes a new state file, then the manifest that names it
+- each to a temporary file renamed into place - and only then removes the older state. The
+manifest is the single commit point: whatever moment a crash hits, the manifest names finished
+segments and a state file that exists and matches them. Anything written after the last
 checkpoint (a half segment after a crash) is discarded on resume and produced again, identically.
 The final video is the segments remuxed (no re-encoding) into one file.
 
@@ -32,8 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
-STATE = "state.safetensors"
 SEGMENTS = "segments"
+STATE_NAME = re.compile(r"^state_\d{6}\.safetensors$")
 MANIFEST_VERSION = 1
 SEGMENT_NAME = re.compile(r"^seg_\d{6}\.mp4$")
 
@@ -82,11 +83,12 @@ class Manifest:
     chunks_done: int = 0
     complete: bool = False
     chunk_stats: list[dict[str, Any]] = field(default_factory=list)
+    state: str | None = None  # state file written together with this manifest
 
     def to_json(self) -> dict[str, Any]:
         return {"version": MANIFEST_VERSION, "settings": self.settings, "chunks_done": self.chunks_done,
                 "complete": self.complete, "segments": [vars(s) for s in self.segments],
-                "chunk_stats": self.chunk_stats}
+                "chunk_stats": self.chunk_stats, "state": self.state}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> Manifest:
@@ -105,7 +107,12 @@ class Manifest:
         if expected != data["chunks_done"] or len(data["chunk_stats"]) != expected:
             raise SessionError(f"{source}: segments cover {expected} chunks but the manifest says "
                                f"{data['chunks_done']}")
-        return cls(data["settings"], segments, data["chunks_done"], data["complete"], data["chunk_stats"])
+        state = data.get("state")
+        if state is not None and (not isinstance(state, str) or not STATE_NAME.match(state)):
+            raise SessionError(f"{source}: state file name {state!r} is outside the run directory or foreign")
+        if (state is None) != (expected == 0):
+            raise SessionError(f"{source}: {expected} chunks done but state {state!r}")
+        return cls(data["settings"], segments, data["chunks_done"], data["complete"], data["chunk_stats"], state)
 
 
 class RunDirectory:
@@ -145,24 +152,32 @@ class RunDirectory:
         return manifest
 
     def discard_unfinished(self, manifest: Manifest) -> None:
-        """Remove segment files the manifest does not name (written after the last checkpoint)."""
+        """Remove files the manifest does not name (written after the last checkpoint)."""
         keep = {s.name for s in manifest.segments}
         for f in self.segments_dir.glob("seg_*"):
             if f.name.split(".")[0] + ".mp4" not in keep:
                 f.unlink()
+        self._remove_states(except_name=manifest.state)
 
-    def save_state(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
-        tmp = self.path / (STATE + ".tmp")
+    def _remove_states(self, except_name: str | None) -> None:
+        for f in self.path.glob("state_*.safetensors*"):
+            if f.name != except_name:
+                f.unlink()
+
+    def save_state(self, name: str, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+        if not STATE_NAME.match(name):
+            raise SessionError(f"state name {name!r} is not allowed")
+        tmp = self.path / (name + ".tmp")
         save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp),
                   metadata={"memrope_state": json.dumps(data)})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, self.path / STATE)
+        os.replace(tmp, self.path / name)
 
-    def load_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        path = self.path / STATE
-        if not path.is_file():
-            raise SessionError(f"{self.path} has no saved state ({STATE}); it cannot be resumed")
+    def load_state(self, manifest: Manifest) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        path = self.path / (manifest.state or "")
+        if manifest.state is None or not path.is_file():
+            raise SessionError(f"{self.path} has no saved state {manifest.state!r}; it cannot be resumed")
         try:
             from safetensors import safe_open
 
@@ -174,9 +189,12 @@ class RunDirectory:
             raise SessionError(f"{path} is not a readable memrope state ({e})") from None
 
     def checkpoint(self, manifest: Manifest, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
-        """State first, manifest last: a crash in between leaves the previous, consistent pair."""
-        self.save_state(tensors, data)
+        """New state file, then the manifest naming it (the commit point), then drop older states."""
+        name = f"state_{manifest.chunks_done:06d}.safetensors"
+        self.save_state(name, tensors, data)
+        manifest.state = name
         atomic_write_json(self.path / MANIFEST, manifest.to_json())
+        self._remove_states(except_name=name)
 
     def assemble(self, manifest: Manifest, out: Path) -> int:
         """Remux the finished segments into ``out`` (atomic); returns the frame count."""
