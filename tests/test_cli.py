@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from memrope.cli import latent_frames_for, main
+from memrope.cli import main
 from memrope.models.toy.default import load_default
+from memrope.run import latent_frames_for
 from memrope.video import count_frames
 
 STRIDE = load_default().decoder.temporal_stride  # video frames per latent frame of the default decoder

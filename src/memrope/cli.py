@@ -15,7 +15,6 @@ from typing import Any
 
 from . import __version__
 from .errors import EXIT_RUN_FAILURE, EXIT_USER_ERROR, RunFailure, UserError
-from .run import latent_frames_for  # noqa: F401  (re-exported for callers of the CLI module)
 
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 

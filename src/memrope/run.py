@@ -152,6 +152,9 @@ class DirectSink:
     def checkpoint_due(self, chunks_done: int) -> bool:
         return False
 
+    def checkpoint(self) -> None:
+        """Nothing to save: a direct file is not resumable (see --checkpoint-every)."""
+
     def finish(self, complete: bool) -> int:
         self.writer.close()
         return self.writer.frames_written
@@ -293,8 +296,7 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
                 if on_chunk:
                     on_chunk(result.stats)
                 if sink.checkpoint_due(result.index + 1) or stop.signal is not None:
-                    if isinstance(sink, SessionSink):
-                        sink.checkpoint()
+                    sink.checkpoint()
                 bar.set_postfix(fps=f"{produced / (time.perf_counter() - start):.1f}",
                                 pos=result.stats["max_frame_pos"])
                 bar.update(1)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import math
 import shutil
 
 import pytest
-import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -37,25 +35,9 @@ TINY_T5 = dict(d_model=16, d_kv=4, num_heads=4, d_ff=24, num_layers=2, relative_
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """Train a unigram SentencePiece model in-process and wrap it as a T5 tokenizer folder."""
-    root = tmp_path_factory.mktemp("tok")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
-        model_writer=model,
-        vocab_size=48,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    (root / "spiece.model").write_bytes(model.getvalue())
-    sp = spm.SentencePieceProcessor(model_file=str(root / "spiece.model"))
-    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(root)  # tokenizer.json + tokenizer_config.json
-    return root
+    from tests.models.tiny_wan_files import write_tokenizer  # imported late: that module imports this one
+
+    return write_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 # Wan's original layout, written independently from wan/modules/t5.py (T5Encoder) for the test.
