@@ -63,3 +63,31 @@ def test_world_text_encoder_ignores_punctuation():
     enc = WorldTextEncoder(4, 8)
     enc.encode(["a red disc, bounces on a navy gradient"])
     assert enc.truncated == ["a red disc, bounces on a navy gradient"]
+
+
+def test_world_text_encoder_binds_attributes_to_their_object():
+    """Cross-attention sees the prompt as a set of token vectors (no positions on the text side).
+    Without roles the two prompts are the same set; with them they differ, and the roles of a
+    prompt follow its phrases."""
+    from memrope.models.toy.text import word_roles
+
+    def as_set(tokens):  # [L, D] -> rows in a canonical order
+        return tokens[torch.argsort(tokens[:, 0])]
+
+    prompts = ["a red disc and a blue square", "a blue disc and a red square"]
+    words_only = WorldTextEncoder(32, 64, roles=False).encode(prompts)
+    assert torch.equal(as_set(words_only[0]), as_set(words_only[1]))
+    roles = WorldTextEncoder(32, 64).encode(prompts)
+    assert not torch.equal(as_set(roles[0]), as_set(roles[1]))
+    assert word_roles("a large red disc and a blue square on a navy gradient fast xyz".split()) == [
+        None, "object-1", "object-1", "object-1", None, None, "object-2", "object-2", None, None,
+        "background", "background", "speed", None]
+
+
+def test_weights_name_the_text_encoder_they_were_trained_with():
+    from memrope.models.toy.text import world_text_encoder
+
+    assert world_text_encoder(WorldTextEncoder(32, 64).identity, 32, 64).roles
+    assert not world_text_encoder(WorldTextEncoder(32, 64, roles=False).identity, 32, 64).roles
+    with pytest.raises(ValueError, match="retrain"):
+        world_text_encoder("world-words-v9-32x64", 32, 64)

@@ -130,3 +130,21 @@ def test_stage2_batch_scores_the_first_chunk_only_for_canonical_starts():
     assert first.dtype == torch.bool and 0 < int(first.sum()) < 16
     before = TrainConfig(**{**SMOKE, "batch": 4, "canonical_from_step": 10})
     assert bool(stage2_batch(source, 3, before)[2].all())
+
+
+def test_warm_start_replay_rebuilds_the_whole_chain(tmp_path):
+    """A run warm-started from another keeps that run's record, and replaying it rebuilds both runs
+    bit for bit (the init run with its own, older words-only text encoder)."""
+    from memrope.models.toy.train import replay_chain
+
+    first = train(TrainConfig(**{**SMOKE, "text_roles": False}), tmp_path / "a.safetensors", tmp_path / "a",
+                  log=lambda msg: None)
+    second = train(TrainConfig(**SMOKE), tmp_path / "b.safetensors", tmp_path / "b", log=lambda msg: None,
+                   init=tmp_path / "a.safetensors")
+    assert second["init"]["steps_done"] == first["steps_done"] and second["ae_steps_done"] == 0
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("autoencoder."))  # kept as it is
+    assert not torch.equal(a["transformer.head.head.weight"], b["transformer.head.head.weight"])
+    replay_chain(second, tmp_path / "c.safetensors", tmp_path / "c", log=lambda msg: None)
+    c = load_file(str(tmp_path / "c.safetensors"))
+    assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)

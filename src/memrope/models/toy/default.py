@@ -17,7 +17,7 @@ from ..bundle import ModelBundle
 from ..wan import WanModel
 from ..wan_config import wan_config
 from .autoencoder import FrameAutoencoder, WorldDecoder
-from .text import WorldTextEncoder
+from .text import world_text_encoder
 
 DEFAULT_CONFIG = "toy"
 DEFAULT_LATENT_HW = (8, 8)  # 64x64 pixels through the 8x autoencoder
@@ -59,7 +59,7 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     steps = meta.get("steps_done", "?")
     return ModelBundle(
         model=model,
-        text_encoder=WorldTextEncoder(cfg.text_len, cfg.text_dim),
+        text_encoder=world_text_encoder(meta.get("text_encoder", ""), cfg.text_len, cfg.text_dim),
         decoder=WorldDecoder(autoencoder),
         latent_hw=DEFAULT_LATENT_HW,
         name=f"{DEFAULT_CONFIG} world model (trained, {steps} steps, seed {meta.get('seed', '?')})",

@@ -95,6 +95,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
     model_size: str = "toy"
+    text_roles: bool = True  # world text encoder with phrase roles (False: the first default's words-only one)
 
     def __post_init__(self) -> None:
         if self.window % CHUNK_FRAMES:
@@ -386,10 +387,14 @@ def save_weights(path: Path, model: WanModel, ae: FrameAutoencoder, meta: dict, 
 
 
 def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log=print,
-          replay: dict | None = None) -> dict:
-    """Run both stages; writes ``out`` (EMA weights + metadata) and returns the training record.
+          replay: dict | None = None, init: Path | None = None) -> dict:
+    """Run the stages; writes ``out`` (EMA weights + metadata) and returns the training record.
 
     ``replay``: a previous run's record; its learning rates (hence step counts) are reused exactly.
+    ``init``: a weights file to continue from (a warm start): its autoencoder is kept as it is
+    (stages 1 and 3 are skipped) and its transformer starts both the trained weights and their EMA;
+    the optimiser starts fresh. Its record travels inside this run's record (``init``), so that a
+    replay rebuilds the whole chain.
     """
     t0 = time.monotonic()
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes > 0 and replay is None else None
@@ -400,7 +405,14 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
                     "machine": platform.platform(), "processor": platform.processor() or platform.machine()}
 
     ae_path = ckpt_dir / "autoencoder.safetensors"
-    if resume and ae_path.exists():
+    init_tensors = None
+    if init is not None:
+        init_tensors = load_file(str(init))
+        ae = FrameAutoencoder()
+        ae.load_state_dict(_prefixed(init_tensors, "autoencoder."))
+        record.update({"init": read_record(init), "ae_lrs": [], "ae_steps_done": 0})
+        log(f"warm start from {init}: its autoencoder and transformer")
+    elif resume and ae_path.exists():
         ae = FrameAutoencoder()
         ae.load_state_dict(load_file(str(ae_path)))
         record.update(json.loads((ckpt_dir / "autoencoder.json").read_text()))
@@ -416,9 +428,11 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
     ae.eval().requires_grad_(False)
 
     model = build_transformer(cfg)
+    if init_tensors is not None:
+        model.load_state_dict(_prefixed(init_tensors, "transformer."))
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    encoder = WorldTextEncoder(model.config.text_len, model.config.text_dim)
+    encoder = WorldTextEncoder(model.config.text_len, model.config.text_dim, roles=cfg.text_roles)
     source = ClipSource(ClipConfig(n_frames=cfg.window, max_objects=cfg.max_objects), seed=cfg.seed + 4)
     history: list[dict] = []
     state_path = ckpt_dir / "transformer_state.pt"
@@ -486,12 +500,35 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
         "params_transformer": sum(p.numel() for p in model.parameters()),
         "params_autoencoder": sum(p.numel() for p in ae.parameters()),
     })
-    record.update(run_decoder_stage(cfg, ae, log, replay))
+    if init is None:
+        record.update(run_decoder_stage(cfg, ae, log, replay))
     record["total_seconds"] = round(time.monotonic() - t0, 1)
     save_weights(out, ema, ae, weights_meta(cfg, record, encoder.identity), record)
     (ckpt_dir / "train_record.json").write_text(json.dumps(record, indent=1))
     log(f"saved {out} after {steps_done} steps ({record['total_seconds']:.0f} s)")
     return record
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def record_config(record: dict) -> TrainConfig:
+    """A recorded run's configuration without its timing (for replays). Records written before the
+    text encoder had phrase roles lack ``text_roles``: they used the words-only encoder."""
+    return TrainConfig(**{"text_roles": False, **record["config"], "max_minutes": 0.0, "dec_minutes": 0.0})
+
+
+def replay_chain(record: dict, out: Path, ckpt_dir: Path, log) -> dict:
+    """Reproduce a recorded run, first rebuilding the run it was warm-started from (recursively)."""
+    init = None
+    if "init" in record:
+        init = ckpt_dir / "init" / "weights.safetensors"
+        replay_chain(record["init"], init, ckpt_dir / "init", log)
+    cfg = record_config(record)
+    log(f"replaying: {len(record.get('ae_lrs', []))} + {len(record['lrs'])} + "
+        f"{len(record.get('dec_lrs', []))} steps" + (" (warm start)" if init else ""))
+    return train(cfg, out, ckpt_dir, log=log, replay=record, init=init)
 
 
 def read_record(path: Path) -> dict:
@@ -525,6 +562,14 @@ def assemble(out: Path, ckpt_dir: Path, cfg: TrainConfig, log) -> None:
     log(f"assembled {out} with the stage-3 decoder ({record['dec_steps_done']} steps)")
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m memrope.models.toy.train", description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few steps on tiny batches (seconds)")
@@ -535,13 +580,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="all: stages 1-3 in order (default). decoder: only stage 3, from <ckpt-dir>'s stage-1 "
                    "autoencoder (it does not depend on stage 2, so it may run beside it). assemble: put "
                    "stage 3's decoder into --out and its record into <ckpt-dir>/train_record.json")
+    p.add_argument("--init-from", type=Path, help="warm start: continue training the transformer of this "
+                   "weights file (its autoencoder is kept); the record keeps the chain for --replay")
     p.add_argument("--replay", type=Path, help="train_record.json of a run: reuse its exact learning rates "
                    "(hence step counts), without any wall-clock dependence; reproduces that run")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
         if name == "model_size":
             continue
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
+        kind = _yes_no if isinstance(value, bool) else type(value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     args = p.parse_args(argv)
     overrides = dict(SMOKE) if args.smoke else {}
     overrides.update({k: v for k, v in vars(args).items() if k in asdict(defaults) and v is not None})
@@ -554,13 +602,14 @@ def main(argv: list[str] | None = None) -> None:
 
     log(f"config: {json.dumps(asdict(cfg))}")
     replay = read_record(args.replay) if args.replay else None
-    if replay is not None:  # the recorded run's own configuration; only its timing is dropped
-        cfg = TrainConfig(**{**replay["config"], "max_minutes": 0.0, "dec_minutes": 0.0})
-        log(f"replaying {args.replay}: {len(replay['ae_lrs'])} + {len(replay['lrs'])} + "
-            f"{len(replay.get('dec_lrs', []))} steps")
-    if args.stage == "all":
-        train(cfg, args.out, args.ckpt_dir, resume=args.resume, log=log, replay=replay)
+    if replay is not None and args.stage == "all":  # the recorded run's own configuration, without timing
+        log(f"replaying {args.replay}")
+        replay_chain(replay, args.out, args.ckpt_dir, log)
+    elif args.stage == "all":
+        train(cfg, args.out, args.ckpt_dir, resume=args.resume, log=log, init=args.init_from)
     elif args.stage == "decoder":
+        if replay is not None:
+            cfg = record_config(replay)
         ae = FrameAutoencoder()
         ae.load_state_dict(load_file(str(args.ckpt_dir / "autoencoder.safetensors")))
         stats = run_decoder_stage(cfg, ae, log, replay)
