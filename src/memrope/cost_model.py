@@ -183,13 +183,20 @@ def moved_slots(plan: ChunkPlan) -> int:
     return sum(1 for dst, src in enumerate(plan.sources) if src is not None and src != dst)
 
 
-def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, ring_buffer: bool = False) -> Cost:
-    """Once-per-chunk cache maintenance of ``plan`` as the code in ``cache/`` performs it.
+def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+    """Once-per-chunk cache maintenance of ``plan`` as the cache the policy runs on performs it
+    (``cache.ring.make_cache``: the ring buffer where the policy supports it, else slot order)."""
+    if policy.ring_storage:
+        return ring_work(policy, plan, shape)
+    return slot_order_work(policy, plan, shape)
+
+
+def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+    """Cache work of ``base.KVCache`` (slot order):
 
     - compaction moves: every moved slot of every per-layer tensor (k, v, and the unrotated k_raw of
       ``rotate_at_read`` policies) is read and written once (fused minimum; the indexed copy in
-      ``KVCache._start`` gathers into a temporary first, i.e. twice that). ``ring_buffer`` models
-      the proposed ring buffer, where nothing moves.
+      ``KVCache._move`` gathers into a temporary first, i.e. twice that).
     - rotation of the past (``rotate_at_read``): k_raw of every past slot read, k written.
     - memory (policies with memory slots): evicted frames' k_raw and v read for the EMA, memory
       tokens written into their slots (k_raw and v).
@@ -199,7 +206,7 @@ def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, ring_buffer: 
     layers = cfg.num_layers
     raw = policy.rotate_at_read
     tensors = 3 if raw else 2
-    moved = 0 if ring_buffer else moved_slots(plan)
+    moved = moved_slots(plan)
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME and s.kind != "selected")
     folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
     bytes_ = {
@@ -217,34 +224,38 @@ def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, ring_buffer: 
     return Cost(flops, bytes_)
 
 
-def proposed_cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
-    """A lower-traffic design for position-re-indexing policies (a proposal, not what the code does).
+def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+    """Cache work of ``ring.RingKVCache``:
 
-    - ring buffer: nothing moves;
-    - slots whose position does not change between chunks (the sink) are rotated once, at commit;
-    - frames whose position changes (the recent FIFO) are moved by the position *delta* on their
-      rotated keys, touching only the temporal channel pairs (``rope.shift_time``), so no unrotated
-      copy (k_raw) is kept;
-    - the EMA reads per-frame means (one vector per head, ``reduction="global"``) computed by the
-      committing pass while the chunk's keys are in hand, so evicted frames are not re-read;
-    - memory tokens are written rotated (k) and as values (v) into their slots.
+    - nothing moves (physical slots), no unrotated keys are kept;
+    - past frames whose position changed (the slots that moved in the logical plan) have their
+      temporal channel pairs rotated by the difference: read and written, a ``t / head_dim`` share
+      of a frame's keys;
+    - memory tokens written rotated (k) and as values (v) into their slots; the EMA reads the
+      evicted frames' per-frame means (one fp32 vector per head and frame, for k and v), which the
+      commit pass writes for the chunk's frames.
     """
     from .models.rope import axis_split
 
     cfg, fb = shape.config, shape.frame_bytes()
     layers = cfg.num_layers
-    if not policy.rotate_at_read:
-        return cache_work(policy, plan, shape, ring_buffer=True)
     t_frac = axis_split(cfg.head_dim)[0] / cfg.head_dim
-    # Frame slots whose position changed since the frame was committed: the ones that moved.
     shifted = sum(1 for dst, src in enumerate(plan.sources) if src is not None and src != dst
                   and plan.past[dst].kind == FRAME)
-    memory_slots = sum(1 for s in plan.past if s.kind != FRAME and s.kind != "selected")
+    memory_slots = sum(1 for s in plan.past if s.kind != FRAME)
+    folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
+    mean_bytes = shape.batch * cfg.dim * 4  # one fp32 vector per head, all heads
     bytes_ = {
-        "rotate_shifted_temporal": float(2 * shifted * fb * t_frac * layers),
+        "shift_temporal": float(2 * shifted * fb * t_frac * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
+        "means": float(2 * (len(folded) + shape.chunk_frames + memory_slots) * mean_bytes * layers),
     }
-    return Cost({}, bytes_)
+    ft_d = shape.batch * shape.frame_tokens * cfg.dim
+    flops = {
+        "shift_temporal": float(3 * shifted * ft_d * t_frac * layers),
+        "memory_rotate": float(3 * memory_slots * ft_d * layers) if plan.evicted else 0.0,
+    }
+    return Cost(flops, bytes_)
 
 
 def reference_style_work(plan: ChunkPlan, shape: Shape, capacity_frames: int,
@@ -283,19 +294,19 @@ def reference_style_work(plan: ChunkPlan, shape: Shape, capacity_frames: int,
 
 
 # --------------------------------------------------------------------------- a chunk
-def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHUNK,
-                 ring_buffer: bool = False) -> dict:
+def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHUNK) -> dict:
     """Steady-state FLOPs and bytes per chunk of ``policy`` at ``shape``: transformer and cache work."""
     plan = steady_plan(policy, shape.chunk_frames)
     context = plan.n_past + plan.n_frames
     reads = pass_cost(shape, context).scaled(passes - 1)
     commit = pass_cost(shape, context, commit=True, stores_raw_keys=False)
     transformer = reads.plus(commit)
-    cache = cache_work(policy, plan, shape, ring_buffer=ring_buffer)
+    cache = cache_work(policy, plan, shape)
     return {
         "policy": policy.name,
+        "storage": "ring" if policy.ring_storage else "slot order",
         "context_frames": context,
-        "moved_slots": 0 if ring_buffer else moved_slots(plan),
+        "moved_slots": 0 if policy.ring_storage else moved_slots(plan),
         "evicted": len(plan.evicted),
         "transformer": transformer.to_dict(),
         "cache": cache.to_dict(),
@@ -306,24 +317,16 @@ def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHU
         "tflop_per_call": pass_cost(shape, context).total_flops / 1e12,
         "tflop_per_chunk": transformer.total_flops / 1e12,
         "gb_per_chunk": transformer.total_bytes / 1e9,
-        "proposed_cache_bytes": proposed_cache_work(policy, plan, shape).total_bytes,
         "reference_style": reference_style_work(plan, shape, policy.capacity_frames(shape.chunk_frames)
                                                 or context, passes),
-        "proposed_cache_bytes_fraction": proposed_cache_work(policy, plan, shape).total_bytes
-        / transformer.total_bytes,
-        "proposed_cache_bytes_fraction_of_weights_and_kv": proposed_cache_work(policy, plan, shape).total_bytes
-        / (transformer.total_bytes - transformer.bytes["activations"]),
     }
 
 
 def compare(policies: list[CachePolicy], shape: Shape, baseline: str = "sliding_window") -> dict:
     """Per-policy chunk reports plus each policy's cache bytes in excess of ``baseline``'s."""
     rows = {p.name: chunk_report(p, shape) for p in policies}
-    ring = {p.name: chunk_report(p, shape, ring_buffer=True) for p in policies}
     base = rows.get(baseline)
-    for name, row in rows.items():
-        row["ring_buffer_cache_bytes"] = ring[name]["cache"]["total_bytes"]
-        row["ring_buffer_cache_bytes_fraction"] = ring[name]["cache_bytes_fraction"]
+    for row in rows.values():
         if base is not None:
             extra = row["cache"]["total_bytes"] - base["cache"]["total_bytes"]
             row[f"extra_bytes_vs_{baseline}"] = extra
@@ -346,14 +349,14 @@ def meta_flops(config_name: str, latent_hw: tuple[int, int], policy: CachePolicy
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .cache.base import KVCache
+    from .cache.ring import make_cache
     from .models.wan import WanModel
 
     cfg = wan_config(config_name)
     with torch.device("meta"):
         model = WanModel(cfg).eval().requires_grad_(False)
     geo = model.cache_geometry(1, latent_hw, chunk_frames)
-    cache = KVCache(policy, geo, model.rope)
+    cache = make_cache(policy, geo, model.rope)
     text_ctx = torch.empty(1, cfg.text_len, cfg.text_dim, device="meta")
     out = []
     with torch.no_grad():
@@ -373,17 +376,15 @@ def meta_flops(config_name: str, latent_hw: tuple[int, int], policy: CachePolicy
 
 def format_table(report: dict) -> str:
     """Markdown table of a :func:`compare` report."""
-    lines = ["| policy | ctx frames | TFLOP/call | TFLOP/chunk | transformer GB/chunk | cache GB/chunk | "
-             "cache / transformer | extra vs sliding_window | ring-buffer cache / transformer | "
-             "proposed cache / transformer |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy | storage | ctx frames | TFLOP/call | TFLOP/chunk | transformer GB/chunk | cache GB/chunk | "
+             "cache / transformer | extra vs sliding_window |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["policies"].items():
         extra = r.get("extra_bytes_vs_sliding_window_fraction")
         lines.append(
-            f"| {name} | {r['context_frames']} | {r['tflop_per_call']:.2f} | {r['tflop_per_chunk']:.1f} | "
+            f"| {name} | {r['storage']} | {r['context_frames']} | {r['tflop_per_call']:.2f} | "
+            f"{r['tflop_per_chunk']:.1f} | "
             f"{r['gb_per_chunk']:.1f} | {r['cache']['total_bytes'] / 1e9:.2f} | "
             f"{100 * r['cache_bytes_fraction']:.2f}% | "
-            f"{'n/a' if extra is None else f'{100 * extra:.2f}%'} | "
-            f"{100 * r['ring_buffer_cache_bytes_fraction']:.2f}% | "
-            f"{100 * r['proposed_cache_bytes_fraction']:.2f}% |")
+            f"{'n/a' if extra is None else f'{100 * extra:.2f}%'} |")
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 from .base import CacheGeometry, CachePolicy, ChunkPlan, KVCache, Slot
 from .registry import POLICIES, PRESETS, make_policy, parse_options, policy_names
+from .ring import RingKVCache, make_cache
 
 __all__ = [
-    "CacheGeometry", "CachePolicy", "ChunkPlan", "KVCache", "Slot",
+    "CacheGeometry", "CachePolicy", "ChunkPlan", "KVCache", "RingKVCache", "Slot", "make_cache",
     "POLICIES", "PRESETS", "make_policy", "parse_options", "policy_names",
 ]

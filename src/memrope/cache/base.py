@@ -201,6 +201,20 @@ class CachePolicy(ABC):
     positions: ClassVar[str] = "absolute"  # ABSOLUTE (frame index) or BY_SLOT (context index)
     recaches_on_switch: ClassVar[bool] = False  # on_switch may ask for frames to be re-encoded
 
+    @property
+    def ring_storage(self) -> bool:
+        """Whether this policy runs on the ring-buffer cache (``ring.RingKVCache``): it then needs
+        no unrotated keys and implements ``fold_means`` and ``memory_value``."""
+        return False
+
+    def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
+        """Ring storage: fold evicted frames, given as per-frame fp32 means [B, m, H, D] of raw keys/values."""
+        raise NotImplementedError(f"{self.name} does not support ring storage")
+
+    def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ring storage: the raw key and value [B, 1, H, D] of memory slot ``kind``."""
+        raise NotImplementedError(f"{self.name} does not support ring storage")
+
     def __init__(self, config: Any):
         self.config = config
 
@@ -288,6 +302,8 @@ class KVCache:
     ``begin_replay()`` chunks for the frames the policy wants re-encoded.
     """
 
+    keeps_raw_keys: ClassVar[bool] = True  # re-indexing policies re-rotate from unrotated copies
+
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
         if rope.head_dim != geometry.head_dim:
             raise ValueError(f"RoPE head_dim {rope.head_dim} != cache head_dim {geometry.head_dim}")
@@ -299,7 +315,7 @@ class KVCache:
         self.bounded = cap is not None
         first = cap if cap is not None else geometry.chunk_frames
         self.layers = [
-            LayerKV.allocate(geometry, first, with_raw=policy.rotate_at_read)
+            LayerKV.allocate(geometry, first, with_raw=policy.rotate_at_read and self.keeps_raw_keys)
             for _ in range(geometry.num_layers)
         ]
         # A bounded cache keeps each of k / v / k_raw as ONE [layers, B, T, H, D] tensor whose

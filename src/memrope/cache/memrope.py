@@ -169,24 +169,42 @@ class MemRoPE(CachePolicy):
             for part in ("k", "v")
         }
 
+    @property
+    def ring_storage(self) -> bool:
+        """Global memories need only per-frame means, so the keys can live rotated in a ring buffer
+        (``ring.py``); spatial memories need every evicted token unrotated: slot order."""
+        return self.config.reduction == "global"
+
     def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         folded = [i for i in plan.evicted if i not in plan.dropped]
         if not folded or not self.config.memory_kinds:
             return
-        # The FIFO starts right after the sink only while no memory slot exists: first eviction.
-        first = plan.evicted[0] == self.config.sink
         ft = geo.frame_tokens
         lo, hi = folded[0], folded[-1] + 1  # evicted frames are contiguous slots
         for part, src in (("k", layer.k_raw), ("v", layer.v)):
             frames = src[:, lo * ft : hi * ft].unflatten(1, (hi - lo, ft))  # [B, m, ft, H, D]
             acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_{part}"].dtype
-            e = reduce_evicted(frames.to(acc_dtype), self.config.reduction)
-            for kind in self.config.memory_kinds:
-                mem = layer.extra[f"{kind}_{part}"]
-                if first:
-                    mem.copy_(e)
-                else:
-                    mem.lerp_(e, self.config.alpha(kind))  # mem <- a e + (1 - a) mem
+            self._fold(layer, plan, part, reduce_evicted(frames.to(acc_dtype), self.config.reduction))
+
+    def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
+        if not self.config.memory_kinds:
+            return
+        acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
+        for part, means in (("k", k_means), ("v", v_means)):  # [B, m, H, D]: frames have equal sizes,
+            self._fold(layer, plan, part, means.mean(dim=1, keepdim=True).to(acc_dtype))  # so mean of means
+
+    def _fold(self, layer: LayerKV, plan: ChunkPlan, part: str, e: torch.Tensor) -> None:
+        # The FIFO starts right after the sink only while no memory slot exists: first eviction.
+        first = plan.evicted[0] == self.config.sink
+        for kind in self.config.memory_kinds:
+            mem = layer.extra[f"{kind}_{part}"]
+            if first:
+                mem.copy_(e)
+            else:
+                mem.lerp_(e, self.config.alpha(kind))  # mem <- a e + (1 - a) mem
+
+    def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return layer.extra[f"{kind}_k"], layer.extra[f"{kind}_v"]
 
     def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         if not plan.evicted:

@@ -1,0 +1,294 @@
+"""A ring-buffer KV cache for position re-indexing policies: nothing moves, nothing is re-rotated.
+
+The slot-order cache (``base.KVCache``) keeps the context in logical order, so each chunk it moves
+the recent frames forward, keeps an unrotated copy of every key (``k_raw``) and rotates the past
+again at its new positions. At the real Wan-1.3B shape that is about 8 GB of traffic per chunk for
+MemRoPE, 5-6% of the transformer's own. This cache removes it:
+
+- Attention does not depend on the order of the keys (each carries its own rotation), so slots are
+  *physical*: a committed frame stays where it was written, and the chunk being generated takes
+  the physical slots its evicted frames free (``phys`` maps logical slot -> physical slot). The
+  context is still one contiguous prefix of the buffers, because a bounded policy's context
+  fills them exactly.
+- Keys are stored rotated only. When a frame's temporal position changes (MemRoPE's recent FIFO
+  slides by one chunk), only its temporal channel pairs are rotated by the difference
+  (``rope.shift_time_``), about a third of the key's bytes; the sink never moves.
+- The memories need unrotated keys, but only their means (``reduction="global"``): the committing
+  pass stores each frame's mean raw key and value (one vector per head, ``slot_mean_k/v``) while
+  the chunk's keys are in hand, so eviction reads a few vectors, not frames.
+
+Numerics: each move of a frame rounds its temporal channels once more in the storage dtype (bf16:
+2^-9 relative), and a frame moves at most ``ceil(recent / chunk)`` times before it is evicted; the
+memory means are fp32 means of per-frame fp32 means. The slot-order path remains for policies that
+need the unrotated keys themselves (``reduction="spatial"``, Deep Forcing, the reference-style
+baseline); ``make_cache`` picks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..models.rope import Rope3D, apply_rope, shift_time_
+from .base import FRAME, CacheGeometry, CachePolicy, ChunkPlan, Clock, KVCache, LayerKV, Slot, SwitchPlan
+
+MEAN_PARTS = ("k", "v")
+
+
+def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D) -> KVCache:
+    """The cache a policy runs best on: the ring buffer when it supports one, else slot order."""
+    if policy.ring_storage and policy.capacity_frames(geometry.chunk_frames) is not None:
+        return RingKVCache(policy, geometry, rope)
+    return KVCache(policy, geometry, rope)
+
+
+def runs(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted physical slots -> maximal runs [(first, end)) of consecutive slots."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(slots):
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], s + 1)
+        else:
+            out.append((s, s + 1))
+    return out
+
+
+class RingKVCache(KVCache):
+    """``KVCache`` with physical slots, rotated keys only and per-frame raw means (see module doc).
+
+    Same protocol and same attention results (up to rounding) as the slot-order cache; the policy
+    must implement ``fold_means`` and ``memory_value``.
+    """
+
+    def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
+        if not policy.ring_storage:
+            raise ValueError(f"policy {policy.name} does not support ring storage")
+        cap = policy.capacity_frames(geometry.chunk_frames)
+        if cap is None:
+            raise ValueError("a ring-buffer cache needs a bounded policy")
+        super().__init__(policy, geometry, rope)
+        self.capacity_slots = cap
+        shape = (geometry.batch, cap, geometry.heads, geometry.head_dim)
+        for layer in self.layers:  # fp32 means of each physical slot's raw keys / values
+            for part in MEAN_PARTS:
+                layer.extra[f"slot_mean_{part}"] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
+        # Every per-layer tensor becomes a view into one [layers, ...] tensor, and ``all_layers`` sees
+        # them with layers folded into the batch: the policy's elementwise per-chunk work (EMA folds,
+        # memory values) then runs once for all layers instead of once per layer.
+        extras = {}
+        for key in self.layers[0].extra:
+            extras[key] = torch.stack([layer.extra[key] for layer in self.layers])
+            for i, layer in enumerate(self.layers):
+                layer.extra[key] = extras[key][i]
+        self.stacked_extra = extras
+        self.all_layers = LayerKV(k=self.stacked["k"].flatten(0, 1), v=self.stacked["v"].flatten(0, 1),
+                                  k_raw=None, extra={key: t.flatten(0, 1) for key, t in extras.items()})
+        self.phys: list[int] = []  # physical slot of each committed logical slot
+        self._rot: list[int | None] = [None] * cap  # temporal position each physical slot's keys carry
+        self._next_phys: list[int] = []
+        self._chunk_phys: list[int] = []
+        self._chunk_span: slice | None = None
+        self._chunk_index: torch.Tensor | None = None
+        self._commit_index: torch.Tensor | None = None
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+
+    keeps_raw_keys = False
+
+    # ----------------------------------------------------------------- chunk protocol
+    def _start(self, plan: ChunkPlan) -> ChunkPlan:
+        if plan.deferred:
+            raise RuntimeError(f"{self.policy.name}: deferred compaction is not supported by the ring cache")
+        self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
+        ft = self.geometry.frame_tokens
+        folded = [i for i in plan.evicted if i not in plan.dropped]
+        if folded:
+            idx = self._index(tuple(self.phys[i] for i in folded))
+            means = [self.all_layers.extra[f"slot_mean_{part}"].index_select(1, idx) for part in MEAN_PARTS]
+            self.policy.fold_means(self.all_layers, plan, *means)  # [layers * B, m, H, D] each
+        past_phys = self._place(plan)
+        n_ctx = plan.n_past + plan.n_frames
+        taken = set(past_phys)
+        chunk = [p for p in range(self.capacity_slots) if p not in taken][: plan.n_frames]
+        if max(past_phys + chunk, default=-1) >= n_ctx:  # the context must be the prefix [0, n_ctx)
+            past_phys, chunk = self._compact(past_phys), list(range(plan.n_past, n_ctx))
+        # Memory tokens: written rotated at their slot's position, with their means.
+        for i, slot in enumerate(plan.past):
+            if plan.sources[i] is None:
+                self._write_memory(past_phys[i], slot.kind, plan.past_pos[i])
+        self._commit_index = self._index(tuple(chunk))
+        self._shift_moved(plan, past_phys)
+        self._next_phys = past_phys
+        self._chunk_phys = chunk
+        (first, end), *rest = runs(chunk)
+        contiguous = not rest and chunk == list(range(first, end))
+        self._chunk_span = slice(first * ft, end * ft) if contiguous else None
+        self._chunk_index = None if contiguous else torch.cat(
+            [torch.arange(p * ft, (p + 1) * ft) for p in chunk]).to(self.layers[0].k.device)
+        self.query_freqs = self._freqs_for(plan.query_pos)
+        self.plan = plan
+        self._committed = [False] * self.geometry.num_layers
+        self._prepared = [True] * self.geometry.num_layers
+        return plan
+
+    def _place(self, plan: ChunkPlan) -> list[int]:
+        """Physical slot of each slot of the new past: moved slots keep theirs; policy-written
+        slots (memory tokens) reuse the one their kind had, else take the lowest free one."""
+        placed: list[int | None] = [self.phys[s] if s is not None else None for s in plan.sources]
+        used = {p for p in placed if p is not None}
+        by_kind = {slot.kind: self.phys[i] for i, slot in enumerate(self.slots) if slot.kind != FRAME}
+        free = [p for p in range(self.capacity_slots) if p not in used]
+        for i, p in enumerate(placed):
+            if p is None:
+                want = by_kind.get(plan.past[i].kind)
+                p = want if want in free else free[0]
+                free.remove(p)
+                placed[i] = p
+        return [int(p) for p in placed]
+
+    def _compact(self, past_phys: list[int]) -> list[int]:
+        """Rare path (e.g. after a switch kept slots spread over the ring): gather the past into
+        physical slots [0, n_past) in logical order, with everything that describes them."""
+        n = len(past_phys)
+        ft = self.geometry.frame_tokens
+        device = self.layers[0].k.device
+        src = torch.cat([torch.arange(p * ft, (p + 1) * ft) for p in past_phys]).to(device)
+        for big in self.stacked.values():
+            big[:, :, : n * ft] = big[:, :, src]
+        order = torch.tensor(past_phys, device=device)
+        for layer in self.layers:
+            for part in MEAN_PARTS:
+                mean = layer.extra[f"slot_mean_{part}"]
+                mean[:, :n] = mean[:, order]
+        rot = [self._rot[p] for p in past_phys]
+        self._rot = rot + [None] * (self.capacity_slots - n)
+        return list(range(n))
+
+    def _write_memory(self, p: int, kind: str, pos: int) -> None:
+        """One memory slot of every layer at once (layers folded into the batch)."""
+        ft = self.geometry.frame_tokens
+        span = slice(p * ft, (p + 1) * ft)
+        every = self.all_layers
+        k_mem, v_mem = self.policy.memory_value(every, kind)  # [layers * B, 1, H, D] each
+        every.k[:, span] = apply_rope(k_mem.expand(-1, ft, -1, -1), self._freqs_for((pos,)))
+        every.v[:, span] = v_mem.expand(-1, ft, -1, -1)
+        every.extra["slot_mean_k"][:, p] = k_mem[:, 0]
+        every.extra["slot_mean_v"][:, p] = v_mem[:, 0]
+        self._rot[p] = pos
+
+    def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
+        """Device index tensor of physical slots, memoised (steady state cycles through a few)."""
+        if slots not in self._indices:
+            self._indices[slots] = torch.tensor(slots, dtype=torch.long, device=self.layers[0].k.device)
+        return self._indices[slots]
+
+    def _shift_moved(self, plan: ChunkPlan, past_phys: list[int]) -> None:
+        """Bring every past frame's keys to their planned position: temporal pairs only, grouped
+        by shift and by runs of physical slots, one operation on all layers at once."""
+        ft = self.geometry.frame_tokens
+        by_delta: dict[int, list[int]] = {}
+        for i, p in enumerate(past_phys):
+            at = self._rot[p]
+            if at is None:
+                raise RuntimeError(f"physical slot {p} holds no rotated keys")  # a bookkeeping bug
+            if plan.past_pos[i] != at:
+                by_delta.setdefault(plan.past_pos[i] - at, []).append(p)
+                self._rot[p] = plan.past_pos[i]
+        k = self.stacked["k"]  # [layers, B, T, H, D]
+        for delta, slots in by_delta.items():
+            for first, end in runs(slots):
+                shift_time_(k[:, :, first * ft:end * ft], delta, self.rope)
+
+    def update(self, layer_idx: int, k_rot: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor | None = None,
+               commit: bool = False, q_raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self._require_plan()
+        layer = self.layers[layer_idx]
+        if self._chunk_span is not None:
+            layer.k[:, self._chunk_span] = k_rot
+            layer.v[:, self._chunk_span] = v
+        else:
+            layer.k.index_copy_(1, self._chunk_index, k_rot)
+            layer.v.index_copy_(1, self._chunk_index, v)
+        if commit:
+            if self._committed[layer_idx]:
+                raise RuntimeError(f"layer {layer_idx} committed twice in chunk {plan.chunk_index}")
+            if k_raw is None:
+                raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
+            b, n, h, d = k_raw.shape
+            for part, x in (("k", k_raw), ("v", v)):  # per-frame means while the chunk is in hand
+                frame_means = x.float().view(b, plan.n_frames, n // plan.n_frames, h, d).mean(dim=2)
+                layer.extra[f"slot_mean_{part}"].index_copy_(1, self._commit_index, frame_means)
+            self.policy.after_commit(layer, plan, self.geometry, q_raw)
+            self._committed[layer_idx] = True
+        end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
+        return layer.k[:, :end], layer.v[:, :end]
+
+    def end_chunk(self) -> ChunkPlan:
+        plan = super().end_chunk()
+        for p, pos in zip(self._chunk_phys, plan.query_pos, strict=True):
+            self._rot[p] = pos
+        self.phys = self._next_phys + self._chunk_phys
+        return plan
+
+    def switch(self, cut: bool = False) -> SwitchPlan:
+        """The policy's response to a prompt change; kept slots stay where they are physically."""
+        self._check_idle()
+        sw = self.policy.on_switch(self.slots, self.clock, cut)
+        if sw.reset_shifts:
+            raise ValueError(f"{self.policy.name}: the ring cache does not reset position shifts")
+        self.phys = [self.phys[i] for i in sw.keep]
+        self.slots = tuple(self.slots[i] for i in sw.keep)
+        self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
+        return sw
+
+    # ----------------------------------------------------------------- save / resume
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The physical layout as it is (so a resumed stream attends in the same key order and stays
+        bit-identical), with the slot map and the position each slot's keys are rotated at."""
+        self._check_idle()
+        n_phys = max(self.phys, default=-1) + 1
+        n_tok = n_phys * self.geometry.frame_tokens
+        tensors = {}
+        for i, layer in enumerate(self.layers):
+            tensors[f"{i}.k"] = layer.k[:, :n_tok]
+            tensors[f"{i}.v"] = layer.v[:, :n_tok]
+            tensors.update({f"{i}.extra.{key}": t for key, t in layer.extra.items()})
+        data = {"policy": self.policy.describe(), "clock": dataclasses.asdict(self.clock),
+                "slots": [[s.kind, s.frame_idx, s.shift] for s in self.slots],
+                "storage": "ring", "phys": list(self.phys), "rotated_at": self._rot[:n_phys]}
+        return {k: t.contiguous() for k, t in tensors.items()}, data
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+        self._check_idle()
+        if data["policy"] != self.policy.describe():
+            raise ValueError(f"saved cache belongs to {data['policy']}, not {self.policy.describe()}")
+        if data.get("storage") != "ring":
+            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
+                             "memrope version that wrote it")
+        n_phys = len(data["rotated_at"])
+        n_tok = n_phys * self.geometry.frame_tokens
+        for i, layer in enumerate(self.layers):
+            for name in ("k", "v"):
+                target = getattr(layer, name)
+                target[:, :n_tok] = tensors[f"{i}.{name}"].to(target.device, target.dtype)
+            for key, t in layer.extra.items():
+                t.copy_(tensors[f"{i}.extra.{key}"].to(t.device, t.dtype))
+        self.slots = tuple(Slot(kind, idx, shift) for kind, idx, shift in data["slots"])
+        self.clock = Clock(**data["clock"])
+        self.phys = [int(p) for p in data["phys"]]
+        self._rot = list(data["rotated_at"]) + [None] * (self.capacity_slots - n_phys)
+
+    def persistent_state(self) -> list[dict[str, torch.Tensor]]:
+        """Copies of the committed physical slots (what read passes must leave unchanged)."""
+        ft = self.geometry.frame_tokens
+        phys = self._next_phys if self.plan is not None else self.phys
+        out = []
+        for layer in self.layers:
+            snap = {}
+            for p in phys:
+                snap[f"k{p}"] = layer.k[:, p * ft:(p + 1) * ft].clone()
+                snap[f"v{p}"] = layer.v[:, p * ft:(p + 1) * ft].clone()
+            snap.update({f"extra.{k}": t.clone() for k, t in layer.extra.items()})
+            out.append(snap)
+        return out
