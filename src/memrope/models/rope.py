@@ -13,6 +13,7 @@ avoid fp64 work on the GPU, so tables are built in fp64 once and stored in fp32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,14 @@ class RopeFreqs:
     @property
     def tokens(self) -> int:
         return self.cos.shape[0]
+
+    @functools.cached_property
+    def interleaved(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) per channel, [1, tokens, 1, head_dim]: built once per table (tables are
+        memoised per chunk), so each rotation is two multiplies and an add."""
+        cos = self.cos.repeat_interleave(2, dim=-1)
+        sin = torch.stack((-self.sin, self.sin), dim=-1).flatten(-2)
+        return cos[None, :, None, :], sin[None, :, None, :]
 
 
 class Rope3D(torch.nn.Module):
@@ -121,17 +130,17 @@ class Rope3D(torch.nn.Module):
 def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
     """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2]); fp32 math.
 
-    Pure elementwise work, so rotating a block of tokens gives bit-identical results whether the
-    tokens are rotated together or one frame at a time.
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), written as ``x * cos + swap(x) * signed_sin`` so
+    that it costs few operations (tiny shapes are bound by per-operation overhead). Pure elementwise
+    work: rotating a block of tokens gives bit-identical results whether the tokens are rotated
+    together or one frame at a time.
     """
     if x.shape[1] != freqs.tokens:
         raise ValueError(f"x has {x.shape[1]} tokens but the RoPE table covers {freqs.tokens}")
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    real, imag = xf[..., 0], xf[..., 1]
-    cos = freqs.cos[None, :, None, :]  # [1, L, 1, D/2]
-    sin = freqs.sin[None, :, None, :]
-    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    cos, sin = freqs.interleaved
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
+    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
 
 
 def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tensor:
@@ -154,3 +163,23 @@ def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tens
     rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
     out = torch.cat([rotated, xf[..., t_pairs:, :]], dim=-2)
     return out.flatten(-2).to(x.dtype)
+
+
+def shift_time_(x: torch.Tensor, delta: int, rope: Rope3D) -> None:
+    """In place: move rotated keys ``x`` [..., D] by ``delta`` temporal positions (a Python int).
+
+    Only the temporal channel pairs (the first ``rope.split[0]`` channels) are read and written, so
+    moving a frame costs about a third of rotating it; the spatial pairs already hold the right
+    (row, col). Rotations compose (R(p + d) = R(d) R(p)), so the result equals a fresh rotation at
+    p + d up to one rounding in the storage dtype.
+    """
+    if delta == 0:
+        return
+    t = rope.split[0]
+    if abs(delta) >= rope.max_positions:
+        raise ValueError(f"temporal shift {delta} is outside the RoPE table of {rope.max_positions} positions")
+    cos = rope.cos_t[abs(delta)]  # [t / 2]
+    sin = rope.sin_t[abs(delta)] * (1.0 if delta > 0 else -1.0)
+    part = x[..., :t].float().unflatten(-1, (-1, 2))  # [..., t / 2, 2]
+    real, imag = part[..., 0], part[..., 1]
+    x[..., :t] = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2).to(x.dtype)
