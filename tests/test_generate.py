@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memrope.cache import make_policy
-from memrope.generate import GenerationConfig, StreamingGenerator, chunk_seed
+from memrope.generate import GenerationConfig, StreamingGenerator, chunk_seed, json_roundtrip
 from memrope.models.toy.decoder import ToyDecoder
 
 from .conftest import TINY_LATENT_HW
@@ -60,3 +60,45 @@ def test_generation_config_validation():
         GenerationConfig(latent_hw=(4, 4), chunk_frames=0)
     with pytest.raises(ValueError, match="latent_hw"):
         GenerationConfig(latent_hw=(0, 4))
+
+
+def _stream(model, text, chunks, overlap, switches=None, gen=None):
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW, seed=5)
+    gen = gen or StreamingGenerator(model, make_policy("memrope"), text, config,
+                                    decoder=ToyDecoder(model.config.out_dim))
+    return gen, list(gen.stream(chunks, switches, overlap_decode=overlap))
+
+
+def test_overlapped_decoding_gives_the_sequential_video_in_order(tiny_model, tiny_text):
+    _, seq = _stream(tiny_model, tiny_text, 7, overlap=False)
+    _, ovl = _stream(tiny_model, tiny_text, 7, overlap=True, switches={3: (tiny_text, False)})
+    _, seq_sw = _stream(tiny_model, tiny_text, 7, overlap=False, switches={3: (tiny_text, False)})
+    assert [r.index for r in ovl] == list(range(7))
+    for a, b in zip(seq_sw, ovl, strict=True):
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)
+        assert a.stats.get("switch") == b.stats.get("switch") and "decode_ms" in b.stats
+    assert torch.equal(torch.cat([r.frames for r in seq], 1)[:, :1], torch.cat([r.frames for r in ovl], 1)[:, :1])
+
+
+def test_state_taken_while_holding_a_chunk_resumes_the_pending_one_first(tiny_model, tiny_text):
+    """Overlapped: when chunk k is in the caller's hands, chunk k + 1 is generated but not decoded.
+    A state saved then carries it, and a resumed generator (overlapped or not) yields it first."""
+    _, whole = _stream(tiny_model, tiny_text, 8, overlap=False)
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW, seed=5)
+    for resume_overlapped in (True, False):
+        gen = StreamingGenerator(tiny_model, make_policy("memrope"), tiny_text, config,
+                                 decoder=ToyDecoder(tiny_model.config.out_dim))
+        stream = gen.stream(8, overlap_decode=True)
+        head = [next(stream) for _ in range(4)]
+        assert gen.chunks_emitted == 4 and gen.cache.clock.chunks == 5
+        tensors, data = gen.state_dict()
+        stream.close()
+        resumed = StreamingGenerator(tiny_model, make_policy("memrope"), tiny_text, config,
+                                     decoder=ToyDecoder(tiny_model.config.out_dim))
+        resumed.load_state_dict(tensors, json_roundtrip(data))  # as a run directory stores it
+        assert resumed.chunks_emitted == 4
+        tail = list(resumed.stream(8, overlap_decode=resume_overlapped))
+        got = head + tail
+        assert [r.index for r in got] == list(range(8))
+        for a, b in zip(whole, got, strict=True):
+            assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)

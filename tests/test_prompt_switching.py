@@ -21,9 +21,9 @@ def run(model, policy, events=True):
     t = texts(model, 3)
     gen = StreamingGenerator(model, make_policy(policy), t[0], GenerationConfig(latent_hw=TINY_LATENT_HW))
     seen_text, switch_calls = [], []
-    real_next, real_switch = gen.next_chunk, gen.cache.switch
+    real_next, real_switch = gen._denoise, gen.cache.switch
 
-    def next_chunk():
+    def denoise():
         seen_text.append(next(i for i, x in enumerate(t) if x is gen.text))
         return real_next()
 
@@ -31,7 +31,7 @@ def run(model, policy, events=True):
         switch_calls.append((gen.cache.clock.chunks, cut))
         return real_switch(cut=cut)
 
-    gen.next_chunk, gen.cache.switch = next_chunk, switch
+    gen._denoise, gen.cache.switch = denoise, switch
     switches = {SWITCH_AT: (t[1], False), CUT_AT: (t[2], True)} if events else {}
     results = list(gen.stream(CHUNKS, switches))
     return gen, results, seen_text, switch_calls

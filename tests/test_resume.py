@@ -112,7 +112,7 @@ def test_sigint_leaves_playable_output_and_resumes(straight, tmp_path):
 def test_non_finite_latents_stop_the_run_and_keep_the_last_good_state(straight, tmp_path, monkeypatch, capsys):
     from memrope.generate import StreamingGenerator
 
-    real = StreamingGenerator.next_chunk
+    real = StreamingGenerator._denoise
 
     def poisoned(self):
         result = real(self)
@@ -120,14 +120,14 @@ def test_non_finite_latents_stop_the_run_and_keep_the_last_good_state(straight, 
             result.latents[0, 0, 0, 0, 0] = float("nan")
         return result
 
-    monkeypatch.setattr(StreamingGenerator, "next_chunk", poisoned)
+    monkeypatch.setattr(StreamingGenerator, "_denoise", poisoned)
     out = tmp_path / "v.mp4"
     assert main(args(out)) == 3
     err = capsys.readouterr().err
     assert "non-finite values (NaN/inf) in the latents of chunk 9" in err and "Traceback" not in err
     run_dir = Path(str(out) + ".run")
     assert manifest(run_dir)["chunks_done"] == 8  # the checkpoint before the bad chunk
-    monkeypatch.setattr(StreamingGenerator, "next_chunk", real)
+    monkeypatch.setattr(StreamingGenerator, "_denoise", real)
     assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
     assert torch.equal(latents(run_dir), latents(straight[1]))
 

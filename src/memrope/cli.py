@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_argument("--run-dir", type=Path, help="run directory (default: OUT.run)")
     session.add_argument("--resume", type=Path, metavar="DIR", help="continue the run saved in DIR exactly")
     session.add_argument("--save-latents", action="store_true", help="also keep the clean latents per segment")
+    gen.add_argument("--no-overlap-decode", dest="overlap_decode", action="store_false",
+                     help="decode each chunk before generating the next (default: decode chunk k on a worker "
+                     "thread while the transformer runs chunk k+1; same output)")
     model = gen.add_argument_group("model (default: the embedded toy model)")
     model.add_argument("--model", choices=["self-forcing", "longlive", "diffusers"],
                        help="real Wan2.1-T2V-1.3B generator to run")
@@ -138,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_frames": args.chunk_frames, "fps": args.fps,
         "out": str(out.resolve()), "stats": path(args.stats), "run_dir": path(args.run_dir),
         "checkpoint_every": args.checkpoint_every or 0, "save_latents": args.save_latents,
+        "overlap_decode": args.overlap_decode,
         "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from .cache import CachePolicy, KVCache
+from .cache import CachePolicy, make_cache
 from .models.wan import TextContext, WanModel
 from .sampling import SamplerConfig, denoising_timesteps, renoise, x0_from_velocity
 
@@ -77,11 +78,12 @@ class StreamingGenerator:
         self.text = text
         self.decoder = decoder
         geometry = model.cache_geometry(config.batch, config.latent_hw, config.chunk_frames)
-        self.cache = KVCache(policy, geometry, model.rope)
+        self.cache = make_cache(policy, geometry, model.rope)
         self.timesteps = denoising_timesteps(config.sampler)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._latents: dict[int, torch.Tensor] = {}  # frame_idx -> [B, C, 1, h, w], cached frames only
+        self._pending: ChunkResult | None = None  # generated, not yet decoded (overlapped decoding)
         if decoder is not None:
             decoder.reset()
 
@@ -126,6 +128,13 @@ class StreamingGenerator:
 
     @torch.no_grad()
     def next_chunk(self) -> ChunkResult:
+        """Denoise, commit and decode the next chunk (the decode runs here, synchronously)."""
+        result = self._denoise()
+        self._decode(result)
+        return result
+
+    def _denoise(self) -> ChunkResult:
+        """4 read passes and the commit pass of the next chunk; frames not decoded yet."""
         cfg, cache = self.config, self.cache
         start = time.perf_counter()
         plan = cache.begin_chunk(cfg.chunk_frames)
@@ -140,43 +149,85 @@ class StreamingGenerator:
         self.model(x0, ones * cfg.sampler.context_t, self.text, cache, commit=True)
         cache.end_chunk()
         self._remember(plan.first_frame, x0)
-        frames = self.decoder.decode(x0) if self.decoder is not None else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # once per chunk, so that the timing is honest
-        ms = (time.perf_counter() - start) * 1e3
         stats = {
             "index": plan.chunk_index,
             "first_frame": plan.first_frame,
             "latent_frames": plan.n_frames,
-            "video_frames": int(frames.shape[1]) if frames is not None else None,
-            "ms": round(ms, 3),
+            "video_frames": None,
+            "ms": round((time.perf_counter() - start) * 1e3, 3),
             "cache_bytes": cache.nbytes(),
             "cache_frames": plan.n_past + plan.n_frames,
             "max_frame_pos": plan.max_frame_pos,
             "query_pos": list(plan.query_pos),
             "evicted": len(plan.evicted),
         }
-        return ChunkResult(index=plan.chunk_index, latents=x0, frames=frames, stats=stats)
+        return ChunkResult(index=plan.chunk_index, latents=x0, frames=None, stats=stats)
 
-    def stream(self, num_chunks: int, switches: dict[int, tuple[TextContext, bool]] | None = None
-               ) -> Iterator[ChunkResult]:
-        """Yield chunks until ``num_chunks`` exist (continuing from the clock after a resume);
-        ``switches[k] = (text, cut)`` changes the prompt right before chunk k."""
+    @torch.no_grad()
+    def _decode(self, result: ChunkResult) -> ChunkResult:
+        """Decode ``result`` in place; ``ms`` then covers denoising and decoding, ``decode_ms`` the latter."""
+        if self.decoder is None:
+            return result
+        start = time.perf_counter()
+        result.frames = self.decoder.decode(result.latents)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        decode_ms = (time.perf_counter() - start) * 1e3
+        result.stats.update(video_frames=int(result.frames.shape[1]), decode_ms=round(decode_ms, 3),
+                            ms=round(result.stats["ms"] + decode_ms, 3))
+        return result
+
+    @property
+    def chunks_emitted(self) -> int:
+        """Chunks handed out so far: the clock, less a chunk generated but not yet decoded."""
+        return self.cache.clock.chunks - (self._pending is not None)
+
+    def stream(self, num_chunks: int, switches: dict[int, tuple[TextContext, bool]] | None = None,
+               overlap_decode: bool = False) -> Iterator[ChunkResult]:
+        """Yield chunks until ``num_chunks`` exist (continuing after a resume);
+        ``switches[k] = (text, cut)`` changes the prompt right before chunk k.
+
+        ``overlap_decode``: decode chunk k on a worker thread while the transformer runs chunk k + 1
+        (the decoder and the transformer then use the machine at the same time). Chunk k is yielded
+        once both are done, so whenever the caller holds chunk k the decoder is idle at chunk k and
+        the cache is at chunk k + 1, whose latents are the generator's *pending* chunk: it is part
+        of ``state_dict``, and a resumed generator decodes and yields it first. Output is identical
+        to the sequential order.
+        """
         if num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
         switches = switches or {}
         if 0 in switches:
             raise ValueError("the first prompt is the generator's own; switches start at chunk 1")
-        for k in range(self.cache.clock.chunks, num_chunks):
-            prompt_index = sum(1 for s in switches if s <= k)
-            event = None
-            if k in switches:
-                event = self.switch_prompt(*switches[k])
-            result = self.next_chunk()
-            result.stats["prompt_index"] = prompt_index
-            if event is not None:
-                result.stats["switch"] = event
-            yield result
+        overlap = overlap_decode and self.decoder is not None
+        if self._pending is not None and not overlap:  # resumed from an overlapped run
+            last, self._pending = self._pending, None
+            yield self._decode(last)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memrope-decode") if overlap else None
+        try:
+            for k in range(self.cache.clock.chunks, num_chunks):
+                prompt_index = sum(1 for s in switches if s <= k)
+                event = self.switch_prompt(*switches[k]) if k in switches else None
+                previous = self._pending
+                decoding = pool.submit(self._decode, previous) if pool and previous is not None else None
+                result = self._denoise()
+                result.stats["prompt_index"] = prompt_index
+                if event is not None:
+                    result.stats["switch"] = event
+                if not overlap:
+                    yield self._decode(result)
+                    continue
+                self._pending = result
+                if decoding is not None:
+                    yield decoding.result()
+            if self._pending is not None:  # the last chunk (or one pending from a resumed run)
+                last, self._pending = self._pending, None
+                yield self._decode(last)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to continue this stream exactly, between chunks.
@@ -189,7 +240,11 @@ class StreamingGenerator:
         tensors.update({f"latent.{f}": t.contiguous() for f, t in self._latents.items()})
         if self.decoder is not None and hasattr(self.decoder, "state_dict"):
             tensors.update({f"decoder.{k}": t.contiguous() for k, t in self.decoder.state_dict().items()})
-        return tensors, {"cache": data, "config": self.describe()}
+        out = {"cache": data, "config": self.describe()}
+        if self._pending is not None:  # generated but not decoded: decoded first after a resume
+            tensors["pending.latents"] = self._pending.latents.contiguous()
+            out["pending"] = json_roundtrip({"index": self._pending.index, "stats": self._pending.stats})
+        return tensors, out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
         if data["config"] != json_roundtrip(self.describe()):
@@ -199,6 +254,11 @@ class StreamingGenerator:
         self._latents = {int(f): t.to(self.device) for f, t in part("latent.").items()}
         if self.decoder is not None and hasattr(self.decoder, "load_state_dict"):
             self.decoder.load_state_dict(part("decoder."))
+        self._pending = None
+        if "pending" in data:
+            p = data["pending"]
+            latents = tensors["pending.latents"].to(device=self.device, dtype=self.dtype)
+            self._pending = ChunkResult(index=p["index"], latents=latents, frames=None, stats=p["stats"])
 
     def describe(self) -> dict[str, Any]:
         return {

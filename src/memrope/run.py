@@ -261,10 +261,11 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
             if manifest.chunks_done:
                 tensors, data = run.load_state(manifest)
                 gen.load_state_dict(tensors, data)
-            if gen.cache.clock.chunks != manifest.chunks_done:
-                raise UserError(f"{run_dir}: state is at chunk {gen.cache.clock.chunks} but the manifest at "
+            if gen.chunks_emitted != manifest.chunks_done:
+                raise UserError(f"{run_dir}: state is at chunk {gen.chunks_emitted} but the manifest at "
                                 f"{manifest.chunks_done}")
-            prompt_index = sum(1 for s in prepared.switches if s < manifest.chunks_done)
+            # the prompt of the last chunk generated (one more than emitted when one awaits decoding)
+            prompt_index = sum(1 for s in prepared.switches if s < gen.cache.clock.chunks)
             if prompt_index:
                 gen.text = sorted(prepared.switches.items())[prompt_index - 1][1][0]
         sink = SessionSink(run, manifest, gen, out, settings["fps"], settings["checkpoint_every"],
@@ -285,7 +286,8 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
     try:
         with torch.inference_mode(), StopFlag() as stop, tqdm(total=prepared.n_chunks, initial=done, unit="chunk",
                                                              disable=not progress, file=sys.stderr) as bar:
-            for result in gen.stream(prepared.n_chunks, prepared.switches):
+            for result in gen.stream(prepared.n_chunks, prepared.switches,
+                                     overlap_decode=settings.get("overlap_decode", True)):
                 if not torch.isfinite(result.latents).all():  # one host sync per chunk, by design
                     raise RunFailure(f"non-finite values (NaN/inf) in the latents of chunk {result.index}; "
                                      f"stopped before writing it" + (f", last good state kept in {run_dir}"
