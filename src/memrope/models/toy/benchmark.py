@@ -55,7 +55,7 @@ METRICS = ("identity", "present", "displacement", "speed_ratio", "stagnation", "
            "background_error", "spurious")
 HIGHER_IS_BETTER = {"identity": True, "present": True, "stagnation": False, "off_world": False,
                     "colour_error": False, "background_error": False, "spurious": False}
-PLOT_METRICS = ("identity", "stagnation", "off_world", "colour_error", "background_error", "displacement")
+PLOT_METRICS = ("identity", "present", "stagnation", "off_world", "colour_error", "background_error", "displacement")
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,8 @@ def _fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f}{ci}"
 
 
-TABLE_METRICS = ("identity", "stagnation", "displacement", "off_world", "colour_error", "background_error")
+TABLE_METRICS = ("identity", "present", "stagnation", "displacement", "off_world", "colour_error",
+                 "background_error")
 
 
 def markdown(result: dict, command: str) -> str:
@@ -285,7 +286,9 @@ def markdown(result: dict, command: str) -> str:
             continue
         lines.append(f"| {policy} | {entry['generation_seconds']} | {entry['decode_seconds']} | "
                      f"{entry['eval_seconds']} | {entry['batched_latent_fps']} |")
-    lines += ["", "Metrics (truth.py): identity = matched / judged frames per object (higher is better); "
+    lines += ["", "Metrics (truth.py): identity = matched / judged frames per object, i.e. right colour, shape "
+              "and size with template IoU >= 0.75 (higher is better); present = judged frames where the "
+              "object's own colour covers at least half its template area (higher); "
               "stagnation = share of steps moving < 0.5 px (lower); displacement = px per frame; "
               "off_world = share of pixels far from every valid colour (lower); colour_error / "
               "background_error = RGB distance to the nearest valid / true background colour (lower).", ""]
