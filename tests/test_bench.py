@@ -72,7 +72,7 @@ def test_reference_style_refuses_token_selection():
     geo_policy = make_policy("deep_forcing")
     assert policy.name == "deep_forcing_reference_style"
     assert policy.capacity_frames(3) == geo_policy.capacity_frames(3)
-    from memrope.cache.base import Clock, after_chunk
+    from memrope.cache.plan import Clock, after_chunk
 
     slots, clock = (), Clock()
     with pytest.raises(ValueError, match="whole frames"):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from memrope.cache import make_policy, policy_names
-from memrope.cache.base import BY_SLOT
+from memrope.cache.plan import BY_SLOT
 from memrope.cli import main
 
 CHUNKS, CHUNK = 200, 3

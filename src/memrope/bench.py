@@ -35,7 +35,7 @@ import torch
 
 from . import cost_model
 from .cache import make_policy
-from .cache.base import CachePolicy
+from .cache.policy import CachePolicy
 from .cache.reference_style import ReferenceStyle, install, is_reference_style, make_reference_style
 from .generate import GenerationConfig, StreamingGenerator
 from .models.wan import TextContext, WanModel

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cache.base import FRAME, CachePolicy, ChunkPlan, Clock, after_chunk
+from .cache.plan import FRAME, ChunkPlan, Clock, after_chunk
+from .cache.policy import CachePolicy
 from .models.wan_config import WanConfig, wan_config
 
 PASSES_PER_CHUNK = 5  # 4 denoising passes + 1 committing pass (REFERENCE.md section 2)

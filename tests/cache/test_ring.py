@@ -147,8 +147,8 @@ def test_runs_groups_consecutive_slots():
 def test_switch_keeping_slots_spread_over_the_ring_compacts_them_and_still_matches():
     """A switch that keeps frames lying anywhere in the ring (here: the sink and the four newest
     frames, dropping the memories) takes the rare compaction path; attention stays the same."""
-    from memrope.cache.base import SwitchPlan
     from memrope.cache.memrope import MemRoPE
+    from memrope.cache.plan import SwitchPlan
 
     class KeepNewest(MemRoPE):
         def on_switch(self, slots, clock, cut):

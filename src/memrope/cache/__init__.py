@@ -1,6 +1,8 @@
 """KV-cache state and the policies that decide what each chunk attends to, and where."""
 
-from .base import CacheGeometry, CachePolicy, ChunkPlan, KVCache, Slot
+from .base import KVCache
+from .plan import CacheGeometry, ChunkPlan, Slot
+from .policy import CachePolicy
 from .registry import POLICIES, PRESETS, make_policy, parse_options, policy_names
 from .ring import RingKVCache, make_cache
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan
+from .plan import CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .policy import CachePolicy
 from .window import recache_switch, windowed_plan
 
 

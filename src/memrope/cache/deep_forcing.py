@@ -28,17 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.rope import Rope3D, apply_rope, shift_time
-from .base import (
-    BY_SLOT,
-    SELECTED,
-    CacheGeometry,
-    CachePolicy,
-    ChunkPlan,
-    Clock,
-    LayerKV,
-    Slot,
-    append_plan,
-)
+from .plan import BY_SLOT, SELECTED, CacheGeometry, ChunkPlan, Clock, Slot, append_plan
+from .policy import CachePolicy, LayerKV
 
 SCORE_QUERIES = ("recent+current", "current")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CachePolicy, ChunkPlan, Clock, Slot, append_plan
+from .plan import ChunkPlan, Clock, Slot, append_plan
+from .policy import CachePolicy
 
 
 @dataclass(frozen=True)

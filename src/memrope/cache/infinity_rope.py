@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import BY_SLOT, CacheGeometry, CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan
+from .plan import BY_SLOT, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .policy import CachePolicy
 from .window import windowed_plan
 
 

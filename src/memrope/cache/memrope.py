@@ -30,20 +30,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import (
+from .plan import (
     BY_SLOT,
     FRAME,
     LONG_MEMORY,
     SHORT_MEMORY,
     CacheGeometry,
-    CachePolicy,
     ChunkPlan,
     Clock,
-    LayerKV,
     Slot,
     SwitchPlan,
     append_plan,
 )
+from .policy import CachePolicy, LayerKV
 
 MEMORY_MODES: dict[str, tuple[str, ...]] = {
     "both": (LONG_MEMORY, SHORT_MEMORY),

@@ -8,7 +8,8 @@ the run and leave a partial file. Walking the plans costs microseconds per chunk
 from __future__ import annotations
 
 from ..models.rope import Rope3D
-from .base import CachePolicy, Clock, after_chunk
+from .plan import Clock, after_chunk
+from .policy import CachePolicy
 
 
 def preflight(policy: CachePolicy, rope: Rope3D, chunk_frames: int, num_chunks: int) -> int:

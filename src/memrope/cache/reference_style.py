@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from ..models.rope import ROPE_THETA, Rope3D, RopeFreqs
-from .base import SELECTED, CacheGeometry, CachePolicy, ChunkPlan, Clock, KVCache, LayerKV, Slot, SwitchPlan
+from .base import KVCache
+from .plan import SELECTED, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .policy import CachePolicy, LayerKV
 
 SUFFIX = "_reference_style"
 SYNCS_PER_LAYER = 5

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .attention_sink import AttentionSink, AttentionSinkConfig
-from .base import CachePolicy
 from .deep_forcing import DeepForcing, DeepForcingConfig
 from .full import FullCache, FullConfig
 from .infinity_rope import InfinityRoPE, InfinityRoPEConfig
 from .memrope import MemRoPE, MemRoPEConfig
+from .policy import CachePolicy
 from .sliding_window import SlidingWindow, SlidingWindowConfig
 
 POLICIES: dict[str, tuple[type[CachePolicy], type]] = {

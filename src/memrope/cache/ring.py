@@ -32,7 +32,9 @@ from typing import Any
 import torch
 
 from ..models.rope import Rope3D, apply_rope, shift_time_
-from .base import FRAME, CacheGeometry, CachePolicy, ChunkPlan, Clock, KVCache, LayerKV, Slot, SwitchPlan
+from .base import KVCache
+from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .policy import CachePolicy, LayerKV
 
 MEAN_PARTS = ("k", "v")
 

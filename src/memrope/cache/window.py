@@ -12,7 +12,8 @@ stops carrying the old prompt's cross-attention in its keys and values.
 
 from __future__ import annotations
 
-from .base import CachePolicy, ChunkPlan, Clock, Slot, SwitchPlan, append_plan
+from .plan import ChunkPlan, Clock, Slot, SwitchPlan, append_plan
+from .policy import CachePolicy
 
 
 def windowed_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int, window: int,

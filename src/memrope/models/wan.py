@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache.base import CacheGeometry, KVCache
+from ..cache.base import KVCache
+from ..cache.plan import CacheGeometry
 from .rope import Rope3D, apply_rope
 from .wan_config import WanConfig
 

@@ -1,0 +1,122 @@
+"""The policy interface and one layer's cache tensors.
+
+A policy holds configuration only, never stream state: the plan of a chunk is a pure function of
+the committed slot table and the clock (``plan.py``), and the policy's tensor work happens in the
+hooks the cache calls once per chunk (``before_compaction``, ``after_compaction``, ...).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..models.rope import Rope3D
+from .plan import ABSOLUTE, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+
+
+@dataclass
+class LayerKV:
+    """One layer's tensors. All [B, capacity_tokens, H, D] in slot order."""
+
+    k: torch.Tensor  # attention-ready (rotated) keys
+    v: torch.Tensor
+    k_raw: torch.Tensor | None  # unrotated post-norm keys, for policies that re-index positions
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # policy-owned state (e.g. EMA)
+
+    @classmethod
+    def allocate(cls, geo: CacheGeometry, frames: int, with_raw: bool) -> LayerKV:
+        shape = (geo.batch, frames * geo.frame_tokens, geo.heads, geo.head_dim)
+        new = lambda: torch.zeros(shape, dtype=geo.dtype, device=geo.device)  # noqa: E731
+        return cls(k=new(), v=new(), k_raw=new() if with_raw else None)
+
+    def tensors(self) -> list[torch.Tensor]:
+        base = [self.k, self.v] + ([self.k_raw] if self.k_raw is not None else [])
+        return base + list(self.extra.values())
+
+    def capacity_tokens(self) -> int:
+        return self.k.shape[1]
+
+    def grow(self, tokens: int) -> None:
+        """Reallocate to ``tokens`` capacity keeping the content (unbounded policies only)."""
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros((t.shape[0], tokens, *t.shape[2:]))
+            out[:, : t.shape[1]] = t
+            return out
+
+        self.k, self.v = grown(self.k), grown(self.v)
+        if self.k_raw is not None:
+            self.k_raw = grown(self.k_raw)
+
+
+class CachePolicy(ABC):
+    """Decides what a chunk attends to and where; holds configuration only, never stream state."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    rotate_at_read: ClassVar[bool] = False
+    positions: ClassVar[str] = "absolute"  # ABSOLUTE (frame index) or BY_SLOT (context index)
+    recaches_on_switch: ClassVar[bool] = False  # on_switch may ask for frames to be re-encoded
+
+    @property
+    def ring_storage(self) -> bool:
+        """Whether this policy runs on the ring-buffer cache (``ring.RingKVCache``): it then needs
+        no unrotated keys and implements ``fold_means`` and ``memory_value``."""
+        return False
+
+    def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
+        """Ring storage: fold evicted frames, given as per-frame fp32 means [B, m, H, D] of raw keys/values."""
+        raise NotImplementedError(f"{self.name} does not support ring storage")
+
+    def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ring storage: the raw key and value [B, 1, H, D] of memory slot ``kind``."""
+        raise NotImplementedError(f"{self.name} does not support ring storage")
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @abstractmethod
+    def capacity_frames(self, chunk_frames: int) -> int | None:
+        """Frames the cache must hold including the current chunk; ``None`` means unbounded."""
+
+    def check_geometry(self, geo: CacheGeometry) -> None:
+        """Raise ValueError when this policy's sizes cannot work with ``geo`` (e.g. chunk size)."""
+
+    @abstractmethod
+    def plan(self, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
+        """Plan the next chunk from the committed slot table (pure Python)."""
+
+    def allocate_extra(self, geo: CacheGeometry) -> dict[str, torch.Tensor]:
+        """Per-layer policy state (fixed size), allocated with the cache."""
+        return {}
+
+    def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
+        """Tensor work that must read slots before they are moved (e.g. fold evicted frames)."""
+
+    def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
+        """Tensor work on the new layout (e.g. write memory tokens into their slots)."""
+
+    def position_of(self, index: int, slot: Slot) -> int:
+        """Temporal RoPE position of ``slot`` sitting at ``index`` of the context."""
+        if self.positions == ABSOLUTE:
+            if slot.frame_idx is None:
+                raise ValueError(f"{self.name}: absolute positions need frame slots, got {slot.kind}")
+            return slot.frame_idx + slot.shift
+        return index + slot.shift
+
+    def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
+        """Prompt change (``cut``: a hard scene cut). Default: keep the cache as it is."""
+        return SwitchPlan(keep=tuple(range(len(slots))))
+
+    def deferred_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry, rope: Rope3D,
+                            q_raw: torch.Tensor) -> None:
+        """Compaction that needs the chunk's queries (plans with ``deferred``)."""
+        raise NotImplementedError(f"{self.name} planned a deferred compaction it does not implement")
+
+    def after_commit(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry, q_raw: torch.Tensor) -> None:
+        """Per-layer bookkeeping once the chunk's clean K/V are written (e.g. keep its queries)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"policy": self.name, **vars(self.config)}
