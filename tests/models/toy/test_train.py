@@ -148,3 +148,13 @@ def test_warm_start_replay_rebuilds_the_whole_chain(tmp_path):
     replay_chain(second, tmp_path / "c.safetensors", tmp_path / "c", log=lambda msg: None)
     c = load_file(str(tmp_path / "c.safetensors"))
     assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_degrade_is_identity_at_zero_and_blurs_and_fades_at_one():
+    from memrope.models.toy.train import degrade
+
+    x = torch.randn(2, 8, 3, 8, 8)
+    assert torch.equal(degrade(x, torch.zeros(2, 1, 1, 1, 1)), x)
+    y = degrade(x, torch.ones(2, 1, 1, 1, 1))
+    assert y.std() < 0.5 * x.std()  # smeared and washed out
+    torch.testing.assert_close(y.mean(dim=(3, 4)), x.mean(dim=(3, 4)), atol=0.05, rtol=0)

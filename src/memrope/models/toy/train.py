@@ -79,6 +79,7 @@ class TrainConfig:
     ema: float = 0.999
     inference_t_prob: float = 0.5  # share of chunks noised to one of the 4 warped inference levels
     context_noise: float = 0.1  # committed context = x0 + U(0, context_noise) * N(0, 1), labelled t=0
+    context_degrade: float = 0.0  # committed context blurred and faded by U(0, context_degrade) (see degrade)
     max_objects: int = 4
     canonical_share: float = 0.35  # share of stage-2 clips that start from the prompt's canonical state
     canonical_from_step: int = 0  # stage-2 step from which the canonical/masked mixture is used
@@ -346,12 +347,24 @@ def diffusion_loss(model: WanModel, latents: torch.Tensor, context: torch.Tensor
         if start + CHUNK_FRAMES < n_frames:  # the last chunk's commit feeds nothing: no graph for it
             level = cfg.context_noise * torch.rand(b, 1, 1, 1, 1, generator=gen)
             ctx = x0 + level * torch.randn(x0.shape, generator=gen)
+            if cfg.context_degrade > 0:  # drawn only when on, so that older runs replay exactly
+                ctx = degrade(ctx, cfg.context_degrade * torch.rand(b, 1, 1, 1, 1, generator=gen))
             model(ctx, torch.zeros(b), text, cache, commit=True)
         else:
             with torch.no_grad():
                 model(x0, torch.zeros(b), text, cache, commit=True)
         cache.end_chunk()
     return torch.stack(losses).mean()
+
+
+def degrade(latents: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Latents [B, C, F, h, w] blurred (3x3 mean) and faded towards their spatial mean by
+    ``strength`` [B, 1, 1, 1, 1] in [0, 1]: what the model's own uncertain frames look like (objects
+    smeared and washing out). Committed as context, with the clean next chunk as the target, it
+    teaches the model to restore objects from its own imperfect past instead of fading with it."""
+    blurred = F.avg_pool3d(latents, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    faded = torch.lerp(blurred, blurred.mean(dim=(3, 4), keepdim=True), 0.5)
+    return torch.lerp(latents, faded, strength)
 
 
 @torch.no_grad()
