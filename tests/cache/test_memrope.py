@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from memrope.cache import make_policy
+from memrope.cache.plan import Clock
 from memrope.models.rope import apply_rope
 
 from .helpers import CHUNK, GRID, LAYERS, frame_kv, make_cache, run_chunk
@@ -151,3 +153,17 @@ def test_once_per_chunk_rotation_never_leaves_stale_keys():
         cache.plan = None
         run_chunk(cache)
     assert cache.stacked and cache.layers[1].k.data_ptr() == cache.stacked["k"][1].data_ptr()
+
+
+def test_sink_gap_moves_everything_after_the_sink_back_once_the_cache_is_full():
+    from memrope.cost_model import steady_plan
+
+    plain = steady_plan(make_policy("memrope"))
+    far = steady_plan(make_policy("memrope_far_sink"))
+    assert far.past == plain.past and far.past_pos[:3] == plain.past_pos[:3] == (0, 1, 2)
+    assert far.past_pos[3:] == tuple(p + 1000 for p in plain.past_pos[3:])
+    assert far.query_pos == tuple(p + 1000 for p in plain.query_pos)
+    first = make_policy("memrope_far_sink").plan((), Clock(), 3)  # still filling: the plain timeline
+    assert first.query_pos == (0, 1, 2)
+    with pytest.raises(ValueError, match="sink_gap"):
+        make_policy("memrope", {"sink_gap": -1})

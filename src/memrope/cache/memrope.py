@@ -22,6 +22,9 @@ Options and deviations from the reference code, all deliberate:
   they are folded into the first memory value together with the other evicted frames.
 - ``memory`` selects the paper's ablation: ``both``, ``long``, ``short`` or ``none`` (plain sink +
   FIFO eviction at the same cache size, positions still by slot).
+- ``sink_gap`` (not in the paper, 0 by default) puts the sink that many positions further back;
+  the ``memrope_far_sink`` preset uses it to test why an attention sink at absolute positions keeps
+  identity better on the toy world model (README, world benchmark).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class MemRoPEConfig:
     reduction: str = "global"
     ema_dtype: str = "float32"
     faithful: bool = False
+    sink_gap: int = 0  # temporal positions inserted after the sink (0: positions = slot index, the paper)
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_MODES:
@@ -80,6 +84,8 @@ class MemRoPEConfig:
             raise ValueError(f"memrope: sink must be >= 0 frames, got {self.sink}")
         if self.cache_size < 1:
             raise ValueError(f"memrope: cache_size must be >= 1, got {self.cache_size}")
+        if self.sink_gap < 0:
+            raise ValueError(f"memrope: sink_gap must be >= 0 positions, got {self.sink_gap}")
 
     @property
     def memory_kinds(self) -> tuple[str, ...]:
@@ -100,6 +106,14 @@ class MemRoPE(CachePolicy):
         super().__init__(config or MemRoPEConfig())
 
     # ----------------------------------------------------------------- planning (Python only)
+    def gapped_position(self, index: int, slot: Slot) -> int:
+        """Slot index, plus ``sink_gap`` after the sink, once the cache is full (while it fills, the
+        timeline is the plain one): a diagnostic that shows the sink to the model as far in the
+        past, as an attention sink at absolute positions does late in a video, while the rest keeps
+        MemRoPE's bounded positions (at most cache_size + sink_gap)."""
+        gap = self.config.sink_gap if index >= self.config.sink else 0
+        return self.position_of(index, slot) + gap
+
     def recent_frames(self, chunk_frames: int) -> int:
         c = self.config
         return c.cache_size - c.sink - len(c.memory_kinds) - chunk_frames
@@ -140,8 +154,8 @@ class MemRoPE(CachePolicy):
             n_frames=n_frames,
             past=past,
             sources=sources,
-            past_pos=tuple(self.position_of(i, s) for i, s in enumerate(past)),
-            query_pos=tuple(self.position_of(len(past) + j, Slot(FRAME, clock.frames + j, clock.pos_shift))
+            past_pos=tuple(self.gapped_position(i, s) for i, s in enumerate(past)),
+            query_pos=tuple(self.gapped_position(len(past) + j, Slot(FRAME, clock.frames + j, clock.pos_shift))
                             for j in range(n_frames)),
             evicted=evicted,
             dropped=dropped,

@@ -36,6 +36,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "memrope_both": ("memrope", {"memory": "both"}),
     # Reproduces the reference code's memory behaviour (frames 3-4 dropped, bf16 accumulators).
     "memrope_reference": ("memrope", {"faithful": True, "ema_dtype": "cache"}),
+    # Diagnostic: the sink seen 1000 positions back (as an attention sink at absolute positions sees
+    # it late in a video), everything else as memrope.
+    "memrope_far_sink": ("memrope", {"sink_gap": 1000}),
 }
 
 

@@ -307,6 +307,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     paths = []
     for metric in PLOT_METRICS:
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # every policy and preset its own colour (> 10 lines)
         for policy, entry in result["policies"].items():
             curve = entry["horizons"][horizon][metric]["curve"]
             x = np.array([c["segment"] for c in curve]) * seg + seg / 2
