@@ -142,6 +142,9 @@ def test_warm_start_replay_rebuilds_the_whole_chain(tmp_path):
     second = train(TrainConfig(**SMOKE), tmp_path / "b.safetensors", tmp_path / "b", log=lambda msg: None,
                    init=tmp_path / "a.safetensors")
     assert second["init"]["steps_done"] == first["steps_done"] and second["ae_steps_done"] == 0
+    from memrope.models.toy.train import chain_summary
+
+    assert chain_summary(second) == {"runs": 2, "transformer_steps": 2 * SMOKE["steps"]}
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("autoencoder."))  # kept as it is
     assert not torch.equal(a["transformer.head.head.weight"], b["transformer.head.head.weight"])

@@ -56,12 +56,14 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     autoencoder = FrameAutoencoder()
     autoencoder.load_state_dict(_section(tensors, AUTOENCODER_PREFIX), strict=True)
     autoencoder = autoencoder.to(device=device).eval()  # decodes in fp32 whatever the model dtype
-    steps = meta.get("steps_done", "?")
+    chain = meta.get("chain") or {"runs": 1, "transformer_steps": meta.get("steps_done", "?")}
+    steps = f"{chain['transformer_steps']} steps in {chain['runs']} runs" if chain["runs"] > 1 \
+        else f"{chain['transformer_steps']} steps"
     return ModelBundle(
         model=model,
         text_encoder=world_text_encoder(meta.get("text_encoder", ""), cfg.text_len, cfg.text_dim),
         decoder=WorldDecoder(autoencoder),
         latent_hw=DEFAULT_LATENT_HW,
-        name=f"{DEFAULT_CONFIG} world model (trained, {steps} steps, seed {meta.get('seed', '?')})",
+        name=f"{DEFAULT_CONFIG} world model (trained, {steps}, seed {meta.get('seed', '?')})",
         threads=1,
     )

@@ -380,8 +380,18 @@ def build_transformer(cfg: TrainConfig) -> WanModel:
     return WanModel(wan_config(cfg.model_size))
 
 
+def chain_summary(record: dict) -> dict:
+    """Runs and transformer steps of a record and the warm starts nested in it."""
+    runs, steps = 0, 0
+    while record is not None:
+        runs, steps = runs + 1, steps + (record.get("steps_done") or 0)
+        record = record.get("init")
+    return {"runs": runs, "transformer_steps": steps}
+
+
 def weights_meta(cfg: TrainConfig, record: dict, text_encoder: str) -> dict:
     return {"model_size": cfg.model_size, "seed": cfg.seed, "steps_done": record.get("steps_done"),
+            "chain": chain_summary(record),
             "ae_steps_done": record.get("ae_steps_done"), "dec_steps_done": record.get("dec_steps_done"),
             "text_encoder": text_encoder}
 
