@@ -27,6 +27,7 @@ def test_200_chunks_constant_bytes_and_bounded_positions(tmp_path, capsys, name)
     assert len({c["cache_bytes"] for c in chunks}) == 1
     largest = [c["max_frame_pos"] for c in chunks]
     if policy.positions == BY_SLOT:
-        assert max(largest) < capacity  # positions never leave the window
+        gap = getattr(policy.config, "sink_gap", 0)  # the memrope_far_sink diagnostic
+        assert max(largest) < capacity + gap  # positions never leave the window (plus the gap)
     else:  # absolute positions grow with the video, as in the base models
         assert largest[-1] == CHUNKS * CHUNK - 1
