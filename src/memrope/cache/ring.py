@@ -64,6 +64,8 @@ class RingKVCache(KVCache):
     must implement ``fold_means`` and ``memory_value``.
     """
 
+    keeps_raw_keys = False  # rotated keys only: moved frames are shifted in place
+
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
         if not policy.ring_storage:
             raise ValueError(f"policy {policy.name} does not support ring storage")
@@ -95,8 +97,6 @@ class RingKVCache(KVCache):
         self._chunk_index: torch.Tensor | None = None
         self._commit_index: torch.Tensor | None = None
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}
-
-    keeps_raw_keys = False
 
     # ----------------------------------------------------------------- chunk protocol
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
