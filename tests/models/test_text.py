@@ -71,23 +71,9 @@ def to_wan_layout(model: UMT5EncoderModel) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_umt5(tokenizer_dir) -> UMT5EncoderModel:
-    vocab = len(T5Tokenizer.from_pretrained(tokenizer_dir))
-    config = UMT5Config(
-        vocab_size=vocab,
-        relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        is_encoder_decoder=False,
-        architectures=["UMT5EncoderModel"],
-        **TINY_T5,
-    )
-    torch.manual_seed(0)
-    model = UMT5EncoderModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    from tests.models.tiny_wan_files import tiny_umt5 as build  # imported late: that module imports this one
+
+    return build(len(T5Tokenizer.from_pretrained(tokenizer_dir)))
 
 
 @pytest.fixture(scope="module")

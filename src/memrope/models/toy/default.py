@@ -43,7 +43,7 @@ def read_weights(path: Path = WEIGHTS_FILE) -> tuple[dict[str, torch.Tensor], di
     return tensors, meta
 
 
-def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -51,10 +51,10 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     cfg = wan_config(DEFAULT_CONFIG)
     tensors, meta = read_weights()
     model = WanModel(cfg)
-    model.load_state_dict(_section(tensors, TRANSFORMER_PREFIX), strict=True)
+    model.load_state_dict(section(tensors, TRANSFORMER_PREFIX), strict=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     autoencoder = FrameAutoencoder()
-    autoencoder.load_state_dict(_section(tensors, AUTOENCODER_PREFIX), strict=True)
+    autoencoder.load_state_dict(section(tensors, AUTOENCODER_PREFIX), strict=True)
     autoencoder = autoencoder.to(device=device).eval()  # decodes in fp32 whatever the model dtype
     chain = meta.get("chain") or {"runs": 1, "transformer_steps": meta.get("steps_done", "?")}
     steps = f"{chain['transformer_steps']} steps in {chain['runs']} runs" if chain["runs"] > 1 \

@@ -51,6 +51,7 @@ from ..wan import WanModel
 from ..wan_config import wan_config
 from .autoencoder import FrameAutoencoder
 from .clips import ClipConfig, ClipSource, to_model_range
+from .default import section
 from .raster import render_clip
 from .text import WorldTextEncoder
 from .world import WorldSpec, WorldState, position_bounds
@@ -432,7 +433,7 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
     if init is not None:
         init_tensors = load_file(str(init))
         ae = FrameAutoencoder()
-        ae.load_state_dict(_prefixed(init_tensors, "autoencoder."))
+        ae.load_state_dict(section(init_tensors, "autoencoder."))
         record.update({"init": read_record(init), "ae_lrs": [], "ae_steps_done": 0})
         log(f"warm start from {init}: its autoencoder and transformer")
     elif resume and ae_path.exists():
@@ -452,7 +453,7 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
 
     model = build_transformer(cfg)
     if init_tensors is not None:
-        model.load_state_dict(_prefixed(init_tensors, "transformer."))
+        model.load_state_dict(section(init_tensors, "transformer."))
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     encoder = WorldTextEncoder(model.config.text_len, model.config.text_dim, roles=cfg.text_roles)
@@ -530,10 +531,6 @@ def train(cfg: TrainConfig, out: Path, ckpt_dir: Path, resume: bool = False, log
     (ckpt_dir / "train_record.json").write_text(json.dumps(record, indent=1))
     log(f"saved {out} after {steps_done} steps ({record['total_seconds']:.0f} s)")
     return record
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def record_config(record: dict) -> TrainConfig:
