@@ -55,12 +55,10 @@ class RopeFreqs:
         return self.cos.shape[0]
 
     @functools.cached_property
-    def interleaved(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, signed sin) per channel, [1, tokens, 1, head_dim]: built once per table (tables are
-        memoised per chunk), so each rotation is two multiplies and an add."""
-        cos = self.cos.repeat_interleave(2, dim=-1)
-        sin = torch.stack((-self.sin, self.sin), dim=-1).flatten(-2)
-        return cos[None, :, None, :], sin[None, :, None, :]
+    def rotation(self) -> torch.Tensor:
+        """cos + i sin per channel pair, [1, tokens, 1, head_dim / 2], complex64 (complex128 for fp64
+        tables): built once per table (tables are memoised per chunk), so a rotation is one multiply."""
+        return torch.complex(self.cos, self.sin)[None, :, None, :]
 
 
 class Rope3D(torch.nn.Module):
@@ -128,19 +126,23 @@ class Rope3D(torch.nn.Module):
 
 
 def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2]); fp32 math.
+    """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2]); fp32 math
+    (fp64 for fp64 tables).
 
-    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), written as ``x * cos + swap(x) * signed_sin`` so
-    that it costs few operations (tiny shapes are bound by per-operation overhead). Pure elementwise
-    work: rotating a block of tokens gives bit-identical results whether the tokens are rotated
-    together or one frame at a time.
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) is one complex multiply of x0 + i x1 by
+    cos + i sin: one operation on a complex view, not four (tiny shapes are bound by per-operation
+    overhead). Pure elementwise work: rotating a block of tokens gives the same result whether the
+    tokens are rotated together or one frame at a time.
     """
     if x.shape[1] != freqs.tokens:
         raise ValueError(f"x has {x.shape[1]} tokens but the RoPE table covers {freqs.tokens}")
-    cos, sin = freqs.interleaved
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
-    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+    pairs = (x if x.dtype == torch.float32 else x.float()).unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    try:
+        as_complex = torch.view_as_complex(pairs)
+    except RuntimeError:  # strides that split a pair: copy first
+        as_complex = torch.view_as_complex(pairs.contiguous())
+    rotated = as_complex * freqs.rotation  # [B, L, H, D/2]
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
 def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tensor:
@@ -165,21 +167,35 @@ def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tens
     return out.flatten(-2).to(x.dtype)
 
 
-def shift_time_(x: torch.Tensor, delta: int, rope: Rope3D) -> None:
+def time_shift_rotation(delta: int, rope: Rope3D) -> torch.Tensor:
+    """cos + i sin of a temporal move by ``delta`` positions, per temporal channel pair: complex64 [t / 2]."""
+    if abs(delta) >= rope.max_positions:
+        raise ValueError(f"temporal shift {delta} is outside the RoPE table of {rope.max_positions} positions")
+    sign = 1.0 if delta > 0 else -1.0
+    return torch.complex(rope.cos_t[abs(delta)], rope.sin_t[abs(delta)] * sign)
+
+
+def shift_time_(x: torch.Tensor, delta: int, rope: Rope3D, rotation: torch.Tensor | None = None) -> None:
     """In place: move rotated keys ``x`` [..., D] by ``delta`` temporal positions (a Python int).
 
     Only the temporal channel pairs (the first ``rope.split[0]`` channels) are read and written, so
     moving a frame costs about a third of rotating it; the spatial pairs already hold the right
     (row, col). Rotations compose (R(p + d) = R(d) R(p)), so the result equals a fresh rotation at
-    p + d up to one rounding in the storage dtype.
+    p + d up to one rounding in the storage dtype. fp32 storage is multiplied in place through a
+    complex view (one operation); other dtypes go through fp32 and are written back. ``rotation``:
+    :func:`time_shift_rotation` of ``delta``, for callers that memoise it.
     """
     if delta == 0:
         return
     t = rope.split[0]
-    if abs(delta) >= rope.max_positions:
-        raise ValueError(f"temporal shift {delta} is outside the RoPE table of {rope.max_positions} positions")
-    cos = rope.cos_t[abs(delta)]  # [t / 2]
-    sin = rope.sin_t[abs(delta)] * (1.0 if delta > 0 else -1.0)
-    part = x[..., :t].float().unflatten(-1, (-1, 2))  # [..., t / 2, 2]
-    real, imag = part[..., 0], part[..., 1]
-    x[..., :t] = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2).to(x.dtype)
+    if rotation is None:
+        rotation = time_shift_rotation(delta, rope)  # [t / 2]
+    part = x[..., :t].unflatten(-1, (-1, 2))  # [..., t / 2, 2]
+    if x.dtype == torch.float32:
+        try:
+            torch.view_as_complex(part).mul_(rotation)
+            return
+        except RuntimeError:  # strides that split a pair
+            pass
+    rotated = torch.view_as_complex(part.float().contiguous()) * rotation
+    x[..., :t] = torch.view_as_real(rotated).flatten(-2).to(x.dtype)
