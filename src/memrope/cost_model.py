@@ -139,8 +139,10 @@ def pass_cost(shape: Shape, context_frames: int, commit: bool = False, stores_ra
         "rope": 2 * 3.0 * n * d * layers,  # q and k: 4 mul + 2 add per pair = 3 per channel
         "embed_head": 2.0 * n * (cfg.in_dim * math.prod(cfg.patch) * d
                                   + d * cfg.out_dim * math.prod(cfg.patch)),
-        # timestep MLP and projection, once per frame: freq -> d -> d -> 6d
-        "time_embedding": 2.0 * shape.batch * shape.chunk_frames * (cfg.freq_dim * d + d * d + 6 * d * d),
+        # timestep MLP and projection, once per sample when frames share a step (freq -> d -> d -> 6d);
+        # a generator computes it once per timestep and reuses it (WanModel.condition), so this is
+        # an upper bound for a pass that is handed a raw timestep
+        "time_embedding": 2.0 * shape.batch * (cfg.freq_dim * d + d * d + 6 * d * d),
     }
     nd = n * d
     # Per block, in units of n*d elements (read + write), fused: norm1+modulate 2, fused QKV 4,

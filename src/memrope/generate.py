@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from .cache import CachePolicy, make_cache
-from .models.wan import TextContext, WanModel
+from .models.wan import Conditioning, TextContext, WanModel
 from .sampling import SamplerConfig, denoising_timesteps, renoise, x0_from_velocity
 
 MASK64 = (1 << 64) - 1
@@ -84,6 +84,9 @@ class StreamingGenerator:
         self.device, self.dtype = p.device, p.dtype
         self._latents: dict[int, torch.Tensor] = {}  # frame_idx -> [B, C, 1, h, w], cached frames only
         self._pending: ChunkResult | None = None  # generated, not yet decoded (overlapped decoding)
+        self._conditioning: dict[float, Conditioning] = {}  # timestep -> its time embedding, reused
+        with torch.no_grad():  # the weights are read once: build a new generator after changing them
+            self._fused = model.fused_params()  # None: the module path (hooked or wrapped modules)
         if decoder is not None:
             decoder.reset()
 
@@ -97,16 +100,24 @@ class StreamingGenerator:
         sw = self.cache.switch(cut=cut)
         frames = list(sw.recache)
         step = self.config.chunk_frames
-        ones = torch.ones(self.config.batch, device=self.device)
         with torch.no_grad():
             for i in range(0, len(frames), step):
                 group = tuple(frames[i:i + step])
                 self.cache.begin_replay(group)
                 latents = torch.cat([self._latents[f] for f in group], dim=2)  # [B, C, g, h, w]
-                self.model(latents, ones * self.config.sampler.context_t, self.text, self.cache, commit=True)
+                self.model(latents, self.conditioning(self.config.sampler.context_t), self.text, self.cache,
+                           commit=True, fused=self._fused)
                 self.cache.end_chunk()
         return {"at_chunk": self.cache.clock.chunks, "action": sw.action, "cut": cut,
                 "kept": len(sw.keep), "recached": len(frames), "pos_shift": sw.pos_shift}
+
+    def conditioning(self, t: float) -> Conditioning:
+        """The model's time conditioning at step ``t`` for this stream's batch, computed once: few-step
+        sampling visits the same timesteps in every chunk (and the weights do not change mid-stream)."""
+        if t not in self._conditioning:
+            steps = torch.full((self.config.batch,), float(t), device=self.device)
+            self._conditioning[t] = self.model.condition(steps, self.config.batch, self.config.chunk_frames)
+        return self._conditioning[t]
 
     def _remember(self, first_frame: int, x0: torch.Tensor) -> None:
         """Keep the clean latents of frames still in the cache (needed to recache them)."""
@@ -133,20 +144,20 @@ class StreamingGenerator:
         self._decode(result)
         return result
 
+    @torch.no_grad()
     def _denoise(self) -> ChunkResult:
         """4 read passes and the commit pass of the next chunk; frames not decoded yet."""
         cfg, cache = self.config, self.cache
         start = time.perf_counter()
         plan = cache.begin_chunk(cfg.chunk_frames)
         noise = self.chunk_noise(plan.chunk_index)
-        ones = torch.ones(cfg.batch, device=self.device)
         x = noise[0]
         for step, t in enumerate(self.timesteps):
-            v = self.model(x, ones * t, self.text, cache, commit=False)
+            v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
             x0 = x0_from_velocity(x, v, t)
             if step + 1 < len(self.timesteps):
                 x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
-        self.model(x0, ones * cfg.sampler.context_t, self.text, cache, commit=True)
+        self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True, fused=self._fused)
         cache.end_chunk()
         self._remember(plan.first_frame, x0)
         if self.device.type == "cuda":

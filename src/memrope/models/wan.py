@@ -5,14 +5,20 @@ Parameter names match the Wan2.1 / Self-Forcing / LongLive generator state dicts
 policies: self-attention rotates the chunk's queries and keys with the positions the cache planned,
 hands its keys and values to the cache and attends to whatever context the cache returns.
 
-Time conditioning is per latent frame ([B, F]); at inference all frames of a chunk share a step.
+Time conditioning is per latent frame ([B, F]); at inference all frames of a chunk share a step,
+and a generator computes the conditioning once per timestep (:meth:`WanModel.condition`).
 Modulation arithmetic runs in fp32, as in Wan, whatever the weight dtype.
+
+Two paths compute a pass: the modules below (readable, the reference; they honour hooks and
+autograd) and :mod:`memrope.models.wan_fused` (fewer, larger operations on parameters bound once),
+which inference takes whenever it can (:meth:`WanModel.fused_params`); tests hold them equal.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,19 @@ from ..cache.base import KVCache
 from ..cache.plan import CacheGeometry
 from .rope import Rope3D, apply_rope
 from .wan_config import WanConfig
+from .wan_fused import (
+    FusedBlock,
+    FusedModulation,
+    FusedParams,
+    block_forward,
+    cast,
+    fp32,
+    fused_modulation,
+    head_forward,
+    patch_embed,
+    rms_norm,
+    rms_scale,
+)
 
 SINUSOID_BASE = 10000.0
 """Base of Wan's sinusoidal timestep embedding."""
@@ -36,17 +55,16 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Wan's x * rsqrt(mean(x^2) + eps) in fp32, cast back, then the weight: one fused kernel.
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back (Wan's numerics), whatever the weight dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+        weight = None if self.weight is None else fp32(self.weight)
+        bias = None if self.bias is None else fp32(self.bias)
+        return cast(F.layer_norm(fp32(x), self.normalized_shape, weight, bias, self.eps), x.dtype)
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -57,14 +75,46 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1).float()
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """x [B, F*S, dim] * (1 + scale) + shift with per-frame shift/scale [B, F, 1, dim]; fp32 math."""
-    y = x.float().unflatten(1, (n_frames, -1)) * (1 + scale) + shift  # [B, F, S, dim]
-    return y.flatten(1, 2).to(x.dtype)
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale_1p: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """x [B, F*S, dim] * (1 + scale) + shift, given ``scale_1p`` = 1 + scale; per-frame shift/scale
+    [B, F or 1, 1, dim]; fp32 math."""
+    y = fp32(x).unflatten(1, (n_frames, -1)) * scale_1p + shift  # [B, F, S, dim]
+    return cast(y.flatten(1, 2), x.dtype)
 
 
 def gate(x: torch.Tensor, g: torch.Tensor, n_frames: int) -> torch.Tensor:
-    return (x.float().unflatten(1, (n_frames, -1)) * g).flatten(1, 2).to(x.dtype)
+    return cast((fp32(x).unflatten(1, (n_frames, -1)) * g).flatten(1, 2), x.dtype)
+
+
+class BlockModulation(NamedTuple):
+    """One block's modulation at one timestep, fp32 [B, F or 1, 1, dim] each (scales hold 1 + scale)."""
+
+    shift1: torch.Tensor
+    scale1: torch.Tensor
+    gate1: torch.Tensor
+    shift2: torch.Tensor
+    scale2: torch.Tensor
+    gate2: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything a pass derives from its timesteps alone: the time embedding and every block's
+    modulation. Few-step sampling visits the same handful of timesteps in every chunk, so a
+    generator computes this once per timestep (:meth:`WanModel.condition`) and every later pass
+    skips ~10 operations per block; outputs are bit-identical to conditioning on the fly.
+
+    ``frames`` is 1 when all frames of a chunk share the step (broadcast), else the chunk's F; only
+    then are the fused path's shapes (``fused``, ``fused_head``) filled in.
+    """
+
+    batch: int
+    frames: int
+    blocks: tuple[BlockModulation, ...]
+    head_shift: torch.Tensor  # [B, F or 1, 1, dim] fp32
+    head_scale: torch.Tensor  # 1 + scale, same shape
+    fused: tuple[FusedModulation, ...] | None = None
+    fused_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -109,7 +159,7 @@ class CrossAttention(Projections):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)
+        q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)  # [B, L, H, D]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o(out.transpose(1, 2).flatten(2))
 
@@ -127,16 +177,18 @@ class WanBlock(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e0, text_k, text_v, cache: KVCache, layer_idx: int, commit: bool) -> torch.Tensor:
-        n_frames = e0.shape[1]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (
-            (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)  # 6 x [B, F, 1, dim]
-        )
-        y = self.self_attn(modulate(self.norm1(x), shift1, scale1, n_frames), cache, layer_idx, commit)
-        x = x + gate(y, gate1, n_frames)
+    def modulation_for(self, e0: torch.Tensor) -> BlockModulation:
+        """e0 [B, F, 6, dim] (fp32) -> this block's six modulation tensors [B, F, 1, dim]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (fp32(self.modulation).unsqueeze(1) + e0).chunk(6, dim=2)
+        return BlockModulation(shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2)
+
+    def forward(self, x: torch.Tensor, mod: BlockModulation, n_frames: int, text_k: torch.Tensor,
+                text_v: torch.Tensor, cache: KVCache, layer_idx: int, commit: bool) -> torch.Tensor:
+        y = self.self_attn(modulate(self.norm1(x), mod.shift1, mod.scale1, n_frames), cache, layer_idx, commit)
+        x = x + gate(y, mod.gate1, n_frames)
         x = x + self.cross_attn(self.norm3(x), text_k, text_v)
-        y = self.ffn(modulate(self.norm2(x), shift2, scale2, n_frames))
-        return x + gate(y, gate2, n_frames)
+        y = self.ffn(modulate(self.norm2(x), mod.shift2, mod.scale2, n_frames))
+        return x + gate(y, mod.gate2, n_frames)
 
 
 class WanHead(nn.Module):
@@ -146,9 +198,13 @@ class WanHead(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)
-        return self.head(modulate(self.norm(x), shift, scale, e.shape[1]))
+    def modulation_for(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e [B, F, dim] (fp32) -> (shift, 1 + scale), each [B, F, 1, dim]."""
+        shift, scale = (fp32(self.modulation).unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)
+        return shift, 1 + scale
+
+    def forward(self, x: torch.Tensor, cond: Conditioning, n_frames: int) -> torch.Tensor:
+        return self.head(modulate(self.norm(x), cond.head_shift, cond.head_scale, n_frames))
 
 
 class WanModel(nn.Module):
@@ -166,6 +222,7 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = WanHead(cfg)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_max_positions)
+        self._fused: tuple[tuple, FusedParams] | None = None  # memo of fused_params(): derived, not state
 
     # ----------------------------------------------------------------- shapes
     def grid_for(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -194,34 +251,125 @@ class WanModel(nn.Module):
         return TextContext(k=[k for k, _ in pairs], v=[v for _, v in pairs])
 
     # ----------------------------------------------------------------- one pass over a chunk
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: TextContext, cache: KVCache,
-                commit: bool = False) -> torch.Tensor:
-        """x: [B, C, F, H, W] latents at noise level t ([B] or [B, F]); returns velocity, same shape."""
+    # ----------------------------------------------------------------- time, once per timestep
+    def condition(self, t: torch.Tensor, batch: int, n_frames: int) -> Conditioning:
+        """Time embedding and every block's modulation for timesteps ``t``: [B] (all frames share
+        a step; broadcast over frames) or [B, F] (one step per frame, as in training)."""
+        if t.numel() == batch:
+            t = t.reshape(batch, 1)
+        elif t.numel() == batch * n_frames:
+            t = t.reshape(batch, n_frames)
+        else:
+            raise ValueError(f"t must hold one timestep per sample or per frame, got {list(t.shape)}")
+        cfg = self.config
+        p = next(self.parameters())
+        b, f = t.shape
+        e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.flatten()).to(p.dtype))
+        e = e.unflatten(0, (b, f)).float()  # [B, F or 1, dim]
+        e0 = self.time_projection(e.to(p.dtype)).unflatten(-1, (6, cfg.dim)).float()  # [B, F or 1, 6, dim]
+        head_shift, head_scale = self.head.modulation_for(e)
+        blocks = tuple(block.modulation_for(e0) for block in self.blocks)
+        fused = fused_head = None
+        if f == 1:  # every frame shares the step: the fused path's shapes, made once here
+            fused = tuple(FusedModulation(*fused_modulation(*m)) for m in blocks)
+            fused_head = fused_modulation(head_shift, head_scale)
+        return Conditioning(batch=b, frames=f, blocks=blocks, head_shift=head_shift, head_scale=head_scale,
+                            fused=fused, fused_head=fused_head)
+
+    # ----------------------------------------------------------------- the fused inference path
+    def fused_params(self) -> FusedParams | None:
+        """Parameters bound for :mod:`memrope.models.wan_fused`, or None when the module path must run:
+        gradients are being recorded for a parameter (training), or a module the fused path bypasses
+        has hooks, is wrapped or subclassed. Memoised while every parameter is the same tensor at the same version (a load,
+        a LoRA merge or any in-place edit moves the version), so a caller may bind once per chunk."""
+        params = list(self.parameters())
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or not self._fusable():
+            return None
+        key = tuple((id(p), p._version) for p in params)
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, self._bind())
+        return self._fused[1]
+
+    def _fusable(self) -> bool:
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        expected = {WanBlock, SelfAttention, CrossAttention, WanLayerNorm, WanRMSNorm, nn.Linear, nn.Sequential,
+                    nn.GELU, nn.Identity}
+        for block in self.blocks:
+            for m in block.modules():
+                if type(m) not in expected or m._forward_hooks or m._forward_pre_hooks:
+                    return False
+            gelu = block.ffn[1]
+            if len(block.ffn) != 3 or type(gelu) is not nn.GELU or gelu.approximate != "tanh":
+                return False
+        edges = [self.patch_embedding, *self.head.modules()]
+        return all(type(m) in (nn.Conv3d, WanHead, WanLayerNorm, nn.Linear)
+                   and not (m._forward_hooks or m._forward_pre_hooks) for m in edges)
+
+    def _bind(self) -> FusedParams:
+        def ln(norm: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            if isinstance(norm, nn.Identity):
+                return None, None
+            return (None if norm.weight is None else fp32(norm.weight.detach()),
+                    None if norm.bias is None else fp32(norm.bias.detach()))
+
+        blocks = []
+        for blk in self.blocks:
+            sa, ca, ffn = blk.self_attn, blk.cross_attn, blk.ffn
+            w_ln3, b_ln3 = ln(blk.norm3)
+            blocks.append(FusedBlock(
+                w_qkv=torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]).detach(),
+                b_qkv=torch.cat([sa.q.bias, sa.k.bias, sa.v.bias]).detach(),
+                w_qk_norm=rms_scale(torch.stack([sa.norm_q.weight, sa.norm_k.weight])),
+                w_o=sa.o.weight.detach(), b_o=sa.o.bias.detach(), w_ln3=w_ln3, b_ln3=b_ln3,
+                w_cq=ca.q.weight.detach(), b_cq=ca.q.bias.detach(), w_cq_norm=rms_scale(ca.norm_q.weight),
+                w_co=ca.o.weight.detach(), b_co=ca.o.bias.detach(),
+                w_ffn1=ffn[0].weight.detach(), b_ffn1=ffn[0].bias.detach(),
+                w_ffn2=ffn[2].weight.detach(), b_ffn2=ffn[2].bias.detach()))
+        cfg = self.config
+        patch = self.patch_embedding
+        return FusedParams(blocks=tuple(blocks), w_patch=patch.weight.detach().flatten(1),
+                           b_patch=patch.bias.detach(),
+                           patch=tuple(cfg.patch), w_head=self.head.head.weight.detach(),
+                           b_head=self.head.head.bias.detach(), heads=cfg.num_heads, head_dim=cfg.head_dim,
+                           eps=cfg.eps, eps_norm=torch.tensor((cfg.dim * cfg.eps) ** 0.5,
+                                                              device=patch.weight.device))
+
+    # ----------------------------------------------------------------- one pass over a chunk
+    def forward(self, x: torch.Tensor, t: torch.Tensor | Conditioning, text: TextContext, cache: KVCache,
+                commit: bool = False, fused: FusedParams | None | bool = True) -> torch.Tensor:
+        """x: [B, C, F, H, W] latents at noise level t ([B] or [B, F], or its precomputed
+        :class:`Conditioning`); returns the velocity, same shape.
+
+        ``fused``: True binds the fused path's parameters here (:meth:`fused_params`), a
+        :class:`FusedParams` uses those (a caller that binds once per chunk), False or None runs
+        the module path. The fused path runs only for a step shared by all frames."""
         plan = cache.plan
         if plan is None:
             raise RuntimeError("call cache.begin_chunk() before running the model on a chunk")
         b, _, n_frames, lh, lw = x.shape
         if n_frames != plan.n_frames:
             raise ValueError(f"chunk has {n_frames} frames but the cache planned {plan.n_frames}")
-        p = next(self.parameters())
-        tokens = self.patch_embedding(x.to(p.dtype))  # [B, dim, F, h, w]
-        grid = tuple(tokens.shape[-2:])
+        cond = t if isinstance(t, Conditioning) else self.condition(t, b, n_frames)
+        if cond.batch != b or cond.frames not in (1, n_frames):
+            raise ValueError(f"conditioning for batch {cond.batch} x {cond.frames} frames does not fit a "
+                             f"chunk of batch {b} x {n_frames} frames")
+        grid = self.grid_for((lh, lw))
         if grid != cache.geometry.grid:
             raise ValueError(f"latent grid {grid} does not match the cache's {cache.geometry.grid}")
-        h = tokens.flatten(2).transpose(1, 2)  # [B, F*h*w, dim]
-        if t.numel() == b:
-            t = t.reshape(b, 1).expand(b, n_frames)
-        elif t.numel() == b * n_frames:
-            t = t.reshape(b, n_frames)
+        x = cast(x, self.patch_embedding.weight.dtype)
+        fp = self.fused_params() if fused is True else (fused or None)
+        if fp is not None and cond.fused is not None:
+            h = patch_embed(fp, x)  # [B, F*h*w, dim]
+            for i, p in enumerate(fp.blocks):
+                h = block_forward(p, cond.fused[i], fp, h, text.k[i], text.v[i], cache, i, commit)
+            out = head_forward(fp, *cond.fused_head, h)
         else:
-            raise ValueError(f"t must hold one timestep per sample or per frame, got {list(t.shape)}")
-        cfg = self.config
-        e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.flatten()).to(p.dtype))
-        e = e.unflatten(0, (b, n_frames)).float()  # [B, F, dim]
-        e0 = self.time_projection(e.to(p.dtype)).unflatten(-1, (6, cfg.dim)).float()  # [B, F, 6, dim]
-        for i, block in enumerate(self.blocks):
-            h = block(h, e0, text.k[i], text.v[i], cache, i, commit)
-        out = self.head(h, e)  # [B, F*h*w, out_dim * pt*ph*pw]
+            h = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, dim, F, h, w] -> [B, F*h*w, dim]
+            for i, block in enumerate(self.blocks):
+                h = block(h, cond.blocks[i], n_frames, text.k[i], text.v[i], cache, i, commit)
+            out = self.head(h, cond, n_frames)  # [B, F*h*w, out_dim * pt*ph*pw]
         return self.unpatchify(out, n_frames, grid)
 
     def unpatchify(self, x: torch.Tensor, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
