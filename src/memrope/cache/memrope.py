@@ -29,6 +29,7 @@ Options and deviations from the reference code, all deliberate:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -104,15 +105,18 @@ class MemRoPE(CachePolicy):
 
     def __init__(self, config: MemRoPEConfig | None = None):
         super().__init__(config or MemRoPEConfig())
+        self._memory_slots = tuple(Slot(kind) for kind in self.config.memory_kinds)
 
     # ----------------------------------------------------------------- planning (Python only)
-    def gapped_position(self, index: int, slot: Slot) -> int:
-        """Slot index, plus ``sink_gap`` after the sink, once the cache is full (while it fills, the
-        timeline is the plain one): a diagnostic that shows the sink to the model as far in the
-        past, as an attention sink at absolute positions does late in a video, while the rest keeps
-        MemRoPE's bounded positions (at most cache_size + sink_gap)."""
-        gap = self.config.sink_gap if index >= self.config.sink else 0
-        return self.position_of(index, slot) + gap
+    def gapped_positions(self, shifts: Iterable[int], start: int = 0) -> tuple[int, ...]:
+        """Positions of the slots at context indices ``start, start + 1, ...`` with these position
+        shifts: the slot index plus its shift (``BY_SLOT``), plus ``sink_gap`` after the sink once
+        the cache is full (while it fills, the timeline is the plain one). ``sink_gap`` is a
+        diagnostic that shows the sink to the model as far in the past, as an attention sink at
+        absolute positions does late in a video, while the rest keeps MemRoPE's bounded positions
+        (at most cache_size + sink_gap)."""
+        sink, gap = self.config.sink, self.config.sink_gap
+        return tuple(i + shift + (gap if i >= sink else 0) for i, shift in enumerate(shifts, start))
 
     def recent_frames(self, chunk_frames: int) -> int:
         c = self.config
@@ -135,7 +139,7 @@ class MemRoPE(CachePolicy):
         if n + n_frames <= c.cache_size:  # still filling: slot index == frame index
             return append_plan(self, slots, clock, n_frames)
         kinds = c.memory_kinds
-        has_memory = any(s.kind != FRAME for s in slots)
+        has_memory = n > c.sink and slots[c.sink].kind != FRAME  # memories sit right after the sink
         recent = self.recent_frames(n_frames)
         fifo_start = c.sink + (len(kinds) if has_memory else 0)
         evicted = tuple(range(fifo_start, n - recent))
@@ -145,18 +149,16 @@ class MemRoPE(CachePolicy):
             dropped = evicted[: len(kinds)]
         else:
             dropped = ()
-        kept = tuple(range(n - recent, n))
-        past = slots[: c.sink] + tuple(Slot(k) for k in kinds) + tuple(slots[i] for i in kept)
-        sources = tuple(range(c.sink)) + (None,) * len(kinds) + kept
+        past = slots[: c.sink] + self._memory_slots + slots[n - recent:]
+        sources = tuple(range(c.sink)) + (None,) * len(kinds) + tuple(range(n - recent, n))
         return ChunkPlan(
             chunk_index=clock.chunks,
             first_frame=clock.frames,
             n_frames=n_frames,
             past=past,
             sources=sources,
-            past_pos=tuple(self.gapped_position(i, s) for i, s in enumerate(past)),
-            query_pos=tuple(self.gapped_position(len(past) + j, Slot(FRAME, clock.frames + j, clock.pos_shift))
-                            for j in range(n_frames)),
+            past_pos=self.gapped_positions(s.shift for s in past),
+            query_pos=self.gapped_positions((clock.pos_shift,) * n_frames, start=len(past)),
             evicted=evicted,
             dropped=dropped,
             new_shift=clock.pos_shift,

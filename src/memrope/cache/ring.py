@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..models.rope import Rope3D, apply_rope, shift_time_
+from ..models.rope import Rope3D, apply_rope, shift_time_, time_shift_rotation
 from .base import KVCache
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV
@@ -97,6 +97,7 @@ class RingKVCache(KVCache):
         self._chunk_index: torch.Tensor | None = None
         self._commit_index: torch.Tensor | None = None
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+        self._shifts: dict[int, torch.Tensor] = {}  # delta -> its temporal rotation (a few recur)
 
     # ----------------------------------------------------------------- chunk protocol
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
@@ -115,10 +116,11 @@ class RingKVCache(KVCache):
         chunk = [p for p in range(self.capacity_slots) if p not in taken][: plan.n_frames]
         if max(past_phys + chunk, default=-1) >= n_ctx:  # the context must be the prefix [0, n_ctx)
             past_phys, chunk = self._compact(past_phys), list(range(plan.n_past, n_ctx))
-        # Memory tokens: written rotated at their slot's position, with their means.
-        for i, slot in enumerate(plan.past):
-            if plan.sources[i] is None:
-                self._write_memory(past_phys[i], slot.kind, plan.past_pos[i])
+        # Memory tokens: written rotated at their slot's position, all kinds at once.
+        memory = [(past_phys[i], slot.kind, plan.past_pos[i]) for i, slot in enumerate(plan.past)
+                  if plan.sources[i] is None]
+        if memory:
+            self._write_memory(memory)
         self._commit_index = self._index(tuple(chunk))
         self._shift_moved(plan, past_phys)
         self._next_phys = past_phys
@@ -167,17 +169,34 @@ class RingKVCache(KVCache):
         self._rot = rot + [None] * (self.capacity_slots - n)
         return list(range(n))
 
-    def _write_memory(self, p: int, kind: str, pos: int) -> None:
-        """One memory slot of every layer at once (layers folded into the batch)."""
+    def _write_memory(self, memory: list[tuple[int, str, int]]) -> None:
+        """Memory slots (physical slot, kind, position) of every layer at once (layers folded into
+        the batch), all kinds in one rotation: [layers * B, kinds * ft, H, D]. Their slot means are
+        not kept: only frames are ever evicted and folded."""
         ft = self.geometry.frame_tokens
-        span = slice(p * ft, (p + 1) * ft)
         every = self.all_layers
-        k_mem, v_mem = self.policy.memory_value(every, kind)  # [layers * B, 1, H, D] each
-        every.k[:, span] = apply_rope(k_mem.expand(-1, ft, -1, -1), self._freqs_for((pos,)))
-        every.v[:, span] = v_mem.expand(-1, ft, -1, -1)
-        every.extra["slot_mean_k"][:, p] = k_mem[:, 0]
-        every.extra["slot_mean_v"][:, p] = v_mem[:, 0]
-        self._rot[p] = pos
+        values = [self.policy.memory_value(every, kind) for _, kind, _ in memory]  # [layers * B, 1, H, D] each
+        n = len(memory)
+        k_mem = torch.cat([k for k, _ in values], dim=1) if n > 1 else values[0][0]  # [layers * B, n, H, D]
+        v_mem = torch.cat([v for _, v in values], dim=1) if n > 1 else values[0][1]
+        tokens = (every.k.shape[0], n, ft, *k_mem.shape[2:])
+        k_rot = apply_rope(k_mem.unsqueeze(2).expand(tokens).flatten(1, 2),
+                           self._freqs_for(tuple(pos for _, _, pos in memory)))  # [layers * B, n * ft, H, D]
+        v_tok = v_mem.unsqueeze(2).expand(tokens)  # [layers * B, n, ft, H, D]
+        for (first, end) in runs([p for p, _, _ in memory]):
+            order = [j for j, (p, _, _) in enumerate(memory) if first <= p < end]
+            order.sort(key=lambda j: memory[j][0])
+            if order == list(range(order[0], order[0] + len(order))):  # same order in both: one copy
+                j0, j1 = order[0], order[-1] + 1
+                every.k[:, first * ft:end * ft] = k_rot[:, j0 * ft:j1 * ft]
+                every.v[:, first * ft:end * ft] = v_tok[:, j0:j1].flatten(1, 2)
+            else:
+                for j in order:
+                    p = memory[j][0]
+                    every.k[:, p * ft:(p + 1) * ft] = k_rot[:, j * ft:(j + 1) * ft]
+                    every.v[:, p * ft:(p + 1) * ft] = v_tok[:, j]
+        for p, _, pos in memory:
+            self._rot[p] = pos
 
     def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
         """Device index tensor of physical slots, memoised (steady state cycles through a few)."""
@@ -199,8 +218,10 @@ class RingKVCache(KVCache):
                 self._rot[p] = plan.past_pos[i]
         k = self.stacked["k"]  # [layers, B, T, H, D]
         for delta, slots in by_delta.items():
+            if delta not in self._shifts:
+                self._shifts[delta] = time_shift_rotation(delta, self.rope)
             for first, end in runs(slots):
-                shift_time_(k[:, :, first * ft:end * ft], delta, self.rope)
+                shift_time_(k[:, :, first * ft:end * ft], delta, self.rope, self._shifts[delta])
 
     def update(self, layer_idx: int, k_rot: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor | None = None,
                commit: bool = False, q_raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
