@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..models.rope import Rope3D, apply_rope, shift_time_, time_shift_rotation
+from ..models.rope import Rope3D, shift_time_, time_shift_rotation
 from .base import KVCache
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV
@@ -94,9 +94,9 @@ class RingKVCache(KVCache):
         self._next_phys: list[int] = []
         self._chunk_phys: list[int] = []
         self._chunk_span: slice | None = None
-        self._chunk_index: torch.Tensor | None = None
         self._commit_index: torch.Tensor | None = None
-        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+        self._chunk_tokens: torch.Tensor | None = None  # token index of the chunk's scattered slots
+        self._indices: dict[tuple[tuple[int, ...], bool], torch.Tensor] = {}
         self._shifts: dict[int, torch.Tensor] = {}  # delta -> its temporal rotation (a few recur)
 
     # ----------------------------------------------------------------- chunk protocol
@@ -128,8 +128,7 @@ class RingKVCache(KVCache):
         (first, end), *rest = runs(chunk)
         contiguous = not rest and chunk == list(range(first, end))
         self._chunk_span = slice(first * ft, end * ft) if contiguous else None
-        self._chunk_index = None if contiguous else torch.cat(
-            [torch.arange(p * ft, (p + 1) * ft) for p in chunk]).to(self.layers[0].k.device)
+        self._chunk_tokens = None if contiguous else self._index(tuple(chunk), tokens=True)
         self.query_freqs = self._freqs_for(plan.query_pos)
         self.plan = plan
         self._committed = [False] * self.geometry.num_layers
@@ -171,38 +170,34 @@ class RingKVCache(KVCache):
 
     def _write_memory(self, memory: list[tuple[int, str, int]]) -> None:
         """Memory slots (physical slot, kind, position) of every layer at once (layers folded into
-        the batch), all kinds in one rotation: [layers * B, kinds * ft, H, D]. Their slot means are
-        not kept: only frames are ever evicted and folded."""
+        the batch) and all kinds in one rotation: each memory key, rotated at its slot's position,
+        fills every token of its slot. Their slot means are not kept: only frames are ever evicted
+        and folded."""
         ft = self.geometry.frame_tokens
         every = self.all_layers
         values = [self.policy.memory_value(every, kind) for _, kind, _ in memory]  # [layers * B, 1, H, D] each
-        n = len(memory)
-        k_mem = torch.cat([k for k, _ in values], dim=1) if n > 1 else values[0][0]  # [layers * B, n, H, D]
-        v_mem = torch.cat([v for _, v in values], dim=1) if n > 1 else values[0][1]
-        tokens = (every.k.shape[0], n, ft, *k_mem.shape[2:])
-        k_rot = apply_rope(k_mem.unsqueeze(2).expand(tokens).flatten(1, 2),
-                           self._freqs_for(tuple(pos for _, _, pos in memory)))  # [layers * B, n * ft, H, D]
-        v_tok = v_mem.unsqueeze(2).expand(tokens)  # [layers * B, n, ft, H, D]
-        for (first, end) in runs([p for p, _, _ in memory]):
-            order = [j for j, (p, _, _) in enumerate(memory) if first <= p < end]
-            order.sort(key=lambda j: memory[j][0])
-            if order == list(range(order[0], order[0] + len(order))):  # same order in both: one copy
-                j0, j1 = order[0], order[-1] + 1
-                every.k[:, first * ft:end * ft] = k_rot[:, j0 * ft:j1 * ft]
-                every.v[:, first * ft:end * ft] = v_tok[:, j0:j1].flatten(1, 2)
-            else:
-                for j in order:
-                    p = memory[j][0]
-                    every.k[:, p * ft:(p + 1) * ft] = k_rot[:, j * ft:(j + 1) * ft]
-                    every.v[:, p * ft:(p + 1) * ft] = v_tok[:, j]
+        k_mem = torch.cat([k for k, _ in values], dim=1) if len(values) > 1 else values[0][0]  # [LB, n, H, D]
+        v_mem = torch.cat([v for _, v in values], dim=1) if len(values) > 1 else values[0][1]
+        rotation = self._freqs_for(tuple(pos for _, _, pos in memory)).rotation  # [1, n * ft, 1, D / 2]
+        rotation = rotation.unflatten(1, (len(memory), ft))  # [1, n, ft, 1, D / 2]
+        pairs = k_mem.float().unsqueeze(2).unflatten(-1, (-1, 2)).contiguous()  # [LB, n, 1, H, D / 2, 2]
+        k_rot = torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2)  # [LB, n, ft, H, D]
+        slots = self._index(tuple(p for p, _, _ in memory))
+        dtype = every.k.dtype
+        every.k.unflatten(1, (-1, ft)).index_copy_(1, slots, k_rot.to(dtype))
+        every.v.unflatten(1, (-1, ft)).index_copy_(1, slots, v_mem.unsqueeze(2).expand_as(k_rot).to(dtype))
         for p, _, pos in memory:
             self._rot[p] = pos
 
-    def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
-        """Device index tensor of physical slots, memoised (steady state cycles through a few)."""
-        if slots not in self._indices:
-            self._indices[slots] = torch.tensor(slots, dtype=torch.long, device=self.layers[0].k.device)
-        return self._indices[slots]
+    def _index(self, slots: tuple[int, ...], tokens: bool = False) -> torch.Tensor:
+        """Device index of physical slots (or of all their tokens, in slot order), memoised: the
+        steady state cycles through a few layouts."""
+        key = (slots, tokens)
+        if key not in self._indices:
+            ft = self.geometry.frame_tokens
+            index = [p * ft + j for p in slots for j in range(ft)] if tokens else list(slots)
+            self._indices[key] = torch.tensor(index, dtype=torch.long, device=self.layers[0].k.device)
+        return self._indices[key]
 
     def _shift_moved(self, plan: ChunkPlan, past_phys: list[int]) -> None:
         """Bring every past frame's keys to their planned position: temporal pairs only, grouped
@@ -230,9 +225,9 @@ class RingKVCache(KVCache):
         if self._chunk_span is not None:
             layer.k[:, self._chunk_span] = k_rot
             layer.v[:, self._chunk_span] = v
-        else:
-            layer.k.index_copy_(1, self._chunk_index, k_rot)
-            layer.v.index_copy_(1, self._chunk_index, v)
+        else:  # scattered physical slots
+            layer.k.index_copy_(1, self._chunk_tokens, k_rot)
+            layer.v.index_copy_(1, self._chunk_tokens, v)
         if commit:
             if self._committed[layer_idx]:
                 raise RuntimeError(f"layer {layer_idx} committed twice in chunk {plan.chunk_index}")
