@@ -74,6 +74,8 @@ def test_bad_checkpoint_files(tmp_path, capsys, wan_dir, kind, message):
     (["--prompt", "a cat[60s] | a dog[5s]", "--duration", "10"], r"only \d+ chunks"),
     (["--prompts", "/nonexistent/schedule.yaml"], r"does not exist"),
     (["--resume", "/nonexistent/run"], r"not a memrope run directory"),
+    (["--decode-device", "cuda:7"], r"--decode-device cuda:7 requested but this machine has \d+ CUDA"),
+    (["--decode-device", "gpu"], r"--decode-device 'gpu' is not a device"),
 ])
 def test_bad_values_and_schedules(tmp_path, capsys, argv, message):
     out = tmp_path / "v.mp4"

@@ -218,7 +218,7 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
               latent_hw: tuple[int, int] = (8, 8), chunks: int = 16, warmup: int = 5,
               device: str = "auto", dtype: str | None = None, seed: int = 0, decoder: str = "none",
               order: str = "auto", matmul_n: int | None = None, matmul_seconds: float = 0.5,
-              progress: bool = False) -> dict[str, Any]:
+              fused: bool = True, progress: bool = False) -> dict[str, Any]:
     """Benchmark ``policies`` on a random-weight model; returns a JSON-ready dict (see module doc)."""
     if chunks <= warmup:
         raise ValueError(f"chunks ({chunks}) must exceed warmup ({warmup}) to leave steady-state chunks")
@@ -238,7 +238,8 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
     peak = matmul_peak(dev, n=matmul_n, min_seconds=matmul_seconds)
 
     def generator(name: str) -> StreamingGenerator:
-        g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev))
+        g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev),
+                               fused=fused)
         return install(g) if isinstance(built[name], ReferenceStyle) else g
 
     per_chunk: dict[str, list[dict]] = {}
@@ -277,6 +278,7 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
                      "grid": list(shape.grid), "chunks": chunks, "warmup": warmup, "device": str(dev),
                      "dtype": str(dt).removeprefix("torch."), "seed": seed, "decoder": decoder,
                      "order": order, "chunk_frames": gen_cfg.chunk_frames,
+                     "model_path": "fused" if fused else "module",
                      "passes_per_chunk": cost_model.PASSES_PER_CHUNK},
         "machine": machine_info(dev),
         "matmul_peak": peak,
@@ -303,7 +305,8 @@ def format_table(report: dict[str, Any]) -> str:
     s = report["settings"]
     peak = report["matmul_peak"]
     lines = [f"{s['config']} latent {s['latent_hw'][0]}x{s['latent_hw'][1]} on {s['device']} ({s['dtype']}), "
-             f"{s['chunks']} chunks, warm-up {s['warmup']}, order {s['order']}, decoder {s['decoder']}; "
+             f"{s['chunks']} chunks, warm-up {s['warmup']}, order {s['order']}, decoder {s['decoder']}, "
+             f"{s.get('model_path', 'fused')} path; "
              f"matmul peak {peak['best_tflops']:.3f} TFLOP/s ({peak['dtype']} {peak['n']}^3); "
              f"load {report['machine'].get('load_average')}",
              "",
@@ -349,6 +352,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="include a streaming decode in each chunk (default: transformer only)")
     p.add_argument("--order", choices=["auto", "interleaved", "sequential"], default="auto")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-FLOP/s matmul")
+    p.add_argument("--module-path", action="store_true",
+                   help="run the model's module path instead of the fused inference path (to measure "
+                        "what fusing saves)")
     p.add_argument("--cost-model", action="store_true",
                    help="also print the cost model at the real shape (no compute)")
     p.add_argument("--out", type=Path, help="write the JSON report here (default: stdout)")
@@ -363,7 +369,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     report = run_bench(policies, config, latent, chunks=args.chunks, warmup=args.warmup, device=args.device,
                        dtype=args.dtype, seed=args.seed, decoder=args.decoder, order=args.order,
-                       matmul_n=args.matmul_n, progress=True)
+                       matmul_n=args.matmul_n, fused=not args.module_path, progress=True)
     if args.cost_model:
         real = cost_model.shape_for("wan-1.3b", REAL_LATENT_HW)
         plain = [bench_policy(p) for p in policies if not is_reference_style(p)]

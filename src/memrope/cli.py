@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--width", type=_positive_int, default=832)
     model.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     model.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    model.add_argument("--decode-device", default=None,
+                       help="device of the video decoder, e.g. cuda:1: the transformer and the VAE each on "
+                            "their own GPU, working at the same time (default: the model's device)")
     model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
@@ -145,7 +148,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,
-                  "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache)},
+                  "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache),
+                  "decode_device": args.decode_device},
     }
 
 

@@ -236,7 +236,7 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
       of a frame's keys;
     - memory tokens written rotated (k) and as values (v) into their slots; the EMA reads the
       evicted frames' per-frame means (one fp32 vector per head and frame, for k and v), which the
-      commit pass writes for the chunk's frames.
+      commit pass writes for the chunk's frames (memory slots keep none: they are never folded).
     """
     from .models.rope import axis_split
 
@@ -251,7 +251,7 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
     bytes_ = {
         "shift_temporal": float(2 * shifted * fb * t_frac * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
-        "means": float(2 * (len(folded) + shape.chunk_frames + memory_slots) * mean_bytes * layers),
+        "means": float(2 * (len(folded) + shape.chunk_frames) * mean_bytes * layers),
     }
     ft_d = shape.batch * shape.frame_tokens * cfg.dim
     flops = {

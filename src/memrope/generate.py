@@ -72,7 +72,7 @@ class StreamingGenerator:
     """Generates a video chunk by chunk in constant memory (for bounded cache policies)."""
 
     def __init__(self, model: WanModel, policy: CachePolicy, text: TextContext, config: GenerationConfig,
-                 decoder: LatentDecoder | None = None):
+                 decoder: LatentDecoder | None = None, fused: bool = True):
         self.model = model
         self.config = config
         self.text = text
@@ -85,8 +85,10 @@ class StreamingGenerator:
         self._latents: dict[int, torch.Tensor] = {}  # frame_idx -> [B, C, 1, h, w], cached frames only
         self._pending: ChunkResult | None = None  # generated, not yet decoded (overlapped decoding)
         self._conditioning: dict[float, Conditioning] = {}  # timestep -> its time embedding, reused
-        with torch.no_grad():  # the weights are read once: build a new generator after changing them
-            self._fused = model.fused_params()  # None: the module path (hooked or wrapped modules)
+        # The weights are read once: build a new generator after changing them. ``fused=False`` (or
+        # hooked / wrapped modules) runs the module path, e.g. to measure what the fused path saves.
+        with torch.no_grad():
+            self._fused = model.fused_params() if fused else None
         if decoder is not None:
             decoder.reset()
 

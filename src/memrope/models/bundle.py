@@ -51,6 +51,7 @@ class BundleOptions:
     device: str = "auto"
     dtype: str = "auto"
     prompt_cache: Path | None = None
+    decode_device: str | None = None  # e.g. cuda:1: the decoder on its own GPU (None: with the model)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -70,13 +71,31 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return choices[dtype]
 
 
+def resolve_decode_device(decode_device: str | None, device: torch.device) -> torch.device:
+    """The decoder's device: the model's unless named. A second GPU splits the work: the transformer
+    generates chunk k + 1 on one while the VAE decodes chunk k on the other (with the overlapped
+    decode, ``StreamingGenerator.stream``); decoders move latents to their own device."""
+    if decode_device is None:
+        return device
+    try:
+        out = torch.device(decode_device)
+    except RuntimeError:
+        raise ValueError(f"--decode-device {decode_device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if out.type == "cuda" and (out.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--decode-device {decode_device} requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return out
+
+
 def load_bundle(options: BundleOptions) -> ModelBundle:
     device = resolve_device(options.device)
+    decode_device = resolve_decode_device(options.decode_device, device)
     if options.model is None:
         from .toy.default import load_default
 
         return load_default(device=device, dtype=resolve_dtype(options.dtype, device)
-                            if options.dtype != "auto" else torch.float32)
+                            if options.dtype != "auto" else torch.float32, decode_device=decode_device)
     from .wan_bundle import load_wan_bundle
 
-    return load_wan_bundle(options, device=device, dtype=resolve_dtype(options.dtype, device))
+    return load_wan_bundle(options, device=device, dtype=resolve_dtype(options.dtype, device),
+                           decode_device=decode_device)

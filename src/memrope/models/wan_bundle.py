@@ -188,7 +188,8 @@ def default_prompt_cache(wan_dir: str | Path) -> Path:
     return Path(wan_dir) / PROMPT_CACHE_DIRNAME
 
 
-def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.dtype,
+                    decode_device: torch.device | None = None) -> ModelBundle:
     """Transformer from ``options.checkpoint`` (+ LoRA), VAE and text encoder from ``options.wan_dir``.
 
     The model size is read off the checkpoint's shapes (a named config such as ``wan-1.3b``), else from
@@ -201,7 +202,7 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
     folder = WanFolder.inspect(options.wan_dir)
     fallback = read_dit_config(folder.dit_config) if folder.dit_config else None
     # The VAE first: it is small, and a bad --height/--width fails before the transformer is read.
-    decoder = folder.decoder(device, dtype)
+    decoder = folder.decoder(decode_device or device, dtype)
     latent_size(options.height, options.width, decoder.spatial_factor, patch=(1, 1, 1))
     model = load_transformer(
         options.model,

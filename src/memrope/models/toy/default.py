@@ -47,7 +47,8 @@ def section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
+def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 decode_device: str | torch.device | None = None) -> ModelBundle:
     cfg = wan_config(DEFAULT_CONFIG)
     tensors, meta = read_weights()
     model = WanModel(cfg)
@@ -55,7 +56,7 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     autoencoder = FrameAutoencoder()
     autoencoder.load_state_dict(section(tensors, AUTOENCODER_PREFIX), strict=True)
-    autoencoder = autoencoder.to(device=device).eval()  # decodes in fp32 whatever the model dtype
+    autoencoder = autoencoder.to(device=decode_device or device).eval()  # fp32 whatever the model dtype
     chain = meta.get("chain") or {"runs": 1, "transformer_steps": meta.get("steps_done", "?")}
     steps = f"{chain['transformer_steps']} steps in {chain['runs']} runs" if chain["runs"] > 1 \
         else f"{chain['transformer_steps']} steps"
