@@ -103,7 +103,7 @@ def test_cache_work_accounts_every_term():
     assert "moves" not in ring and "rotate_past" not in ring
     assert ring["shift_temporal"] == 2 * 4 * fb * 44 / 128 * layers  # 4 recent frames, 44 of 128 channels
     assert ring["memory_write"] == 2 * 2 * fb * layers
-    assert ring["means"] == 2 * (3 + 3 + 2) * shape.config.dim * 4 * layers
+    assert ring["means"] == 2 * (3 + 3) * shape.config.dim * 4 * layers  # 3 folded + 3 committed frames
 
 
 def test_compare_reports_fractions():

@@ -38,6 +38,7 @@ from .cache import make_policy
 from .cache.policy import CachePolicy
 from .cache.reference_style import ReferenceStyle, install, is_reference_style, make_reference_style
 from .generate import GenerationConfig, StreamingGenerator
+from .models.attention import CHOICES as ATTENTION_CHOICES
 from .models.wan import TextContext, WanModel
 from .models.wan_config import wan_config
 
@@ -218,7 +219,7 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
               latent_hw: tuple[int, int] = (8, 8), chunks: int = 16, warmup: int = 5,
               device: str = "auto", dtype: str | None = None, seed: int = 0, decoder: str = "none",
               order: str = "auto", matmul_n: int | None = None, matmul_seconds: float = 0.5,
-              fused: bool = True, progress: bool = False) -> dict[str, Any]:
+              fused: bool = True, attention: str = "default", progress: bool = False) -> dict[str, Any]:
     """Benchmark ``policies`` on a random-weight model; returns a JSON-ready dict (see module doc)."""
     if chunks <= warmup:
         raise ValueError(f"chunks ({chunks}) must exceed warmup ({warmup}) to leave steady-state chunks")
@@ -239,8 +240,11 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
 
     def generator(name: str) -> StreamingGenerator:
         g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev),
-                               fused=fused)
+                               fused=fused, attention=attention)
+        kernels[name] = {"kernel": g.attention.name, "auto_timings_ms": g.attention.timings_ms}
         return install(g) if isinstance(built[name], ReferenceStyle) else g
+
+    kernels: dict[str, dict[str, Any]] = {}
 
     per_chunk: dict[str, list[dict]] = {}
     memory: dict[str, dict[str, int]] = {}
@@ -271,14 +275,14 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
                 if progress:
                     print(f"bench: {name} done", file=sys.stderr)
                 del g
-    results = {name: {**summarise(name, per_chunk[name], warmup, shape, peak["best_tflops"]), **memory[name]}
-               for name in policies}
+    results = {name: {**summarise(name, per_chunk[name], warmup, shape, peak["best_tflops"]), **memory[name],
+                      "attention": kernels[name]} for name in policies}
     return {
         "settings": {"policies": list(policies), "config": config_name, "latent_hw": list(latent_hw),
                      "grid": list(shape.grid), "chunks": chunks, "warmup": warmup, "device": str(dev),
                      "dtype": str(dt).removeprefix("torch."), "seed": seed, "decoder": decoder,
                      "order": order, "chunk_frames": gen_cfg.chunk_frames,
-                     "model_path": "fused" if fused else "module",
+                     "model_path": "fused" if fused else "module", "attention": attention,
                      "passes_per_chunk": cost_model.PASSES_PER_CHUNK},
         "machine": machine_info(dev),
         "matmul_peak": peak,
@@ -355,6 +359,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--module-path", action="store_true",
                    help="run the model's module path instead of the fused inference path (to measure "
                         "what fusing saves)")
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="default",
+                   help="SDPA kernel the passes prefer (auto: the fastest for each policy's shapes)")
     p.add_argument("--cost-model", action="store_true",
                    help="also print the cost model at the real shape (no compute)")
     p.add_argument("--out", type=Path, help="write the JSON report here (default: stdout)")
@@ -369,7 +375,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     report = run_bench(policies, config, latent, chunks=args.chunks, warmup=args.warmup, device=args.device,
                        dtype=args.dtype, seed=args.seed, decoder=args.decoder, order=args.order,
-                       matmul_n=args.matmul_n, fused=not args.module_path, progress=True)
+                       matmul_n=args.matmul_n, fused=not args.module_path, attention=args.attention,
+                       progress=True)
     if args.cost_model:
         real = cost_model.shape_for("wan-1.3b", REAL_LATENT_HW)
         plain = [bench_policy(p) for p in policies if not is_reference_style(p)]

@@ -16,6 +16,9 @@ from typing import Any
 from . import __version__
 from .errors import EXIT_RUN_FAILURE, EXIT_USER_ERROR, RunFailure, UserError
 
+ATTENTION_CHOICES = ("default", "auto", "flash", "efficient", "cudnn", "math")
+"""``models.attention.CHOICES``, spelled out so that ``--help`` does not import torch (a test holds them equal)."""
+
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 
 
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_argument("--run-dir", type=Path, help="run directory (default: OUT.run)")
     session.add_argument("--resume", type=Path, metavar="DIR", help="continue the run saved in DIR exactly")
     session.add_argument("--save-latents", action="store_true", help="also keep the clean latents per segment")
+    gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="default",
+                     help="SDPA kernel the transformer prefers: default (PyTorch's rules), auto (the fastest "
+                          "of those that serve this stream's shapes, timed at the start), or one by name")
     gen.add_argument("--no-overlap-decode", dest="overlap_decode", action="store_false",
                      help="decode each chunk before generating the next (default: decode chunk k on a worker "
                      "thread while the transformer runs chunk k+1; same output)")
@@ -144,7 +150,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_frames": args.chunk_frames, "fps": args.fps,
         "out": str(out.resolve()), "stats": path(args.stats), "run_dir": path(args.run_dir),
         "checkpoint_every": args.checkpoint_every or 0, "save_latents": args.save_latents,
-        "overlap_decode": args.overlap_decode,
+        "overlap_decode": args.overlap_decode, "attention": args.attention,
         "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 
 from .cache import CachePolicy, make_cache
+from .cache.plan import CacheGeometry
+from .models.attention import AttentionShape, choose
 from .models.wan import Conditioning, TextContext, WanModel
 from .sampling import SamplerConfig, denoising_timesteps, renoise, x0_from_velocity
 
@@ -72,7 +74,7 @@ class StreamingGenerator:
     """Generates a video chunk by chunk in constant memory (for bounded cache policies)."""
 
     def __init__(self, model: WanModel, policy: CachePolicy, text: TextContext, config: GenerationConfig,
-                 decoder: LatentDecoder | None = None, fused: bool = True):
+                 decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default"):
         self.model = model
         self.config = config
         self.text = text
@@ -89,6 +91,8 @@ class StreamingGenerator:
         # hooked / wrapped modules) runs the module path, e.g. to measure what the fused path saves.
         with torch.no_grad():
             self._fused = model.fused_params() if fused else None
+        # The SDPA kernel the passes prefer (models/attention.py); "auto" times the stream's own shapes.
+        self.attention = choose(attention, attention_shapes(model, policy, geometry, config), self.device, self.dtype)
         if decoder is not None:
             decoder.reset()
 
@@ -102,7 +106,7 @@ class StreamingGenerator:
         sw = self.cache.switch(cut=cut)
         frames = list(sw.recache)
         step = self.config.chunk_frames
-        with torch.no_grad():
+        with torch.no_grad(), self.attention.preferred():
             for i in range(0, len(frames), step):
                 group = tuple(frames[i:i + step])
                 self.cache.begin_replay(group)
@@ -154,12 +158,14 @@ class StreamingGenerator:
         plan = cache.begin_chunk(cfg.chunk_frames)
         noise = self.chunk_noise(plan.chunk_index)
         x = noise[0]
-        for step, t in enumerate(self.timesteps):
-            v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
-            x0 = x0_from_velocity(x, v, t)
-            if step + 1 < len(self.timesteps):
-                x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
-        self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True, fused=self._fused)
+        with self.attention.preferred():
+            for step, t in enumerate(self.timesteps):
+                v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
+                x0 = x0_from_velocity(x, v, t)
+                if step + 1 < len(self.timesteps):
+                    x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
+            self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True,
+                       fused=self._fused)
         cache.end_chunk()
         self._remember(plan.first_frame, x0)
         if self.device.type == "cuda":
@@ -279,6 +285,16 @@ class StreamingGenerator:
             "generation": {**asdict(self.config), "timesteps": self.timesteps},
             "model": self.model.config.to_dict(),
         }
+
+
+def attention_shapes(model: WanModel, policy: CachePolicy, geometry: CacheGeometry,
+                     config: GenerationConfig) -> list[AttentionShape]:
+    """The two attention calls of every block: the chunk against its largest context, and against the text."""
+    cfg = model.config
+    chunk_tokens = config.chunk_frames * geometry.frame_tokens
+    context_frames = policy.capacity_frames(config.chunk_frames) or config.chunk_frames
+    return [AttentionShape(config.batch, cfg.num_heads, cfg.head_dim, chunk_tokens, n)
+            for n in (context_frames * geometry.frame_tokens, cfg.text_len)]
 
 
 def json_roundtrip(data: Any) -> Any:

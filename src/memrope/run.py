@@ -129,7 +129,9 @@ def prepare(settings: dict[str, Any]) -> Prepared:
             for prompt in bundle.text_encoder.truncated:
                 print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
                       f"{prompt[:60]!r}...", file=sys.stderr)
-        generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder)
+        generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder,
+                                       attention=settings.get("attention", "default"))
+        settings["attention"] = generator.attention.name  # "auto" resolved: a resume keeps the kernel
         preflight(policy, bundle.model.rope, chunk, n_chunks)
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -328,6 +330,7 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
     if settings.get("stats"):
         atomic_write_json(Path(settings["stats"]), {
             "memrope": __version__, "run": json.loads(json.dumps(gen.describe(), default=str)),
+            "attention": {"kernel": gen.attention.name, "auto_timings_ms": gen.attention.timings_ms},
             "prompts": settings["schedule"], "prompt_starts": prepared.starts, "chunks": chunks,
             "summary": summary})
     return status

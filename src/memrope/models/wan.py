@@ -280,8 +280,9 @@ class WanModel(nn.Module):
     def fused_params(self) -> FusedParams | None:
         """Parameters bound for :mod:`memrope.models.wan_fused`, or None when the module path must run:
         gradients are being recorded for a parameter (training), or a module the fused path bypasses
-        has hooks, is wrapped or subclassed. Memoised while every parameter is the same tensor at the same version (a load,
-        a LoRA merge or any in-place edit moves the version), so a caller may bind once per chunk."""
+        has hooks, is wrapped or subclassed. Memoised while every parameter is the same tensor at the
+        same version (a load, a LoRA merge or any in-place edit moves the version), so a caller may
+        bind once per chunk."""
         params = list(self.parameters())
         if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or not self._fusable():
             return None
