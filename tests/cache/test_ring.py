@@ -166,22 +166,21 @@ def test_switch_keeping_slots_spread_over_the_ring_compacts_them_and_still_match
             torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
 
 
-@pytest.mark.gpu
-def test_ring_matches_slot_order_in_bf16_on_cuda():
-    """bf16 storage on a GPU: each temporal shift rounds once more, so the tolerance is bf16's."""
+def ring_matches_slot_order_in_bf16(device: str) -> None:
+    """bf16 storage: each temporal shift rounds once more, so the tolerance is bf16's."""
     import dataclasses
 
-    rope = Rope3D(HEAD_DIM).to("cuda")
-    geo = dataclasses.replace(geometry(), dtype=torch.bfloat16, device="cuda")
+    rope = Rope3D(HEAD_DIM).to(device)
+    geo = dataclasses.replace(geometry(), dtype=torch.bfloat16, device=device)
     slot = KVCache(make_policy("memrope", {}), geo, rope)
     ring = make_cache(make_policy("memrope", {}), geo, rope)
-    query = QUERY.to("cuda", torch.bfloat16)
+    query = QUERY.to(device, torch.bfloat16)
 
     def cuda_step(cache):
         plan = cache.begin_chunk(CHUNK)
         outs = []
         for layer in range(LAYERS):
-            k, v = (t.to("cuda", torch.bfloat16) for t in chunk_kv(plan.first_frame, layer))
+            k, v = (t.to(device, torch.bfloat16) for t in chunk_kv(plan.first_frame, layer))
             k_ctx, v_ctx = cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True)
             q = apply_rope(query, cache.query_freqs)
             outs.append(F.scaled_dot_product_attention(q.transpose(1, 2), k_ctx.transpose(1, 2),
@@ -192,3 +191,32 @@ def test_ring_matches_slot_order_in_bf16_on_cuda():
     for _ in range(12):
         for a, b in zip(cuda_step(slot), cuda_step(ring), strict=True):
             torch.testing.assert_close(b, a, atol=3e-2, rtol=3e-2)
+
+
+def test_ring_matches_slot_order_in_bf16_on_the_cpu():
+    ring_matches_slot_order_in_bf16("cpu")
+
+
+@pytest.mark.gpu
+def test_ring_matches_slot_order_in_bf16_on_cuda():
+    ring_matches_slot_order_in_bf16("cuda")
+
+
+def test_states_saved_with_separate_key_and_value_means_still_resume():
+    """Ring states written before keys and values shared one means tensor (``slot_mean_k`` and
+    ``slot_mean_v``) load into the current layout and continue bit for bit."""
+    _, ring = pair()
+    for _ in range(8):
+        step(ring, QUERY)
+    tensors, data = ring.state_dict()
+    legacy = {}
+    for key, t in tensors.items():
+        if key.endswith(".extra.slot_mean"):
+            base = key.removesuffix("slot_mean")
+            legacy[base + "slot_mean_k"], legacy[base + "slot_mean_v"] = t[:, :, 0], t[:, :, 1]
+        else:
+            legacy[key] = t
+    _, resumed = pair()
+    resumed.load_state_dict(legacy, data)
+    for a, b in zip(step(ring, QUERY), step(resumed, QUERY), strict=True):
+        assert torch.equal(a, b)

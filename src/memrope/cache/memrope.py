@@ -205,8 +205,8 @@ class MemRoPE(CachePolicy):
         if not self.config.memory_kinds:
             return
         acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
-        for part, means in (("k", k_means), ("v", v_means)):  # [B, m, H, D]: frames have equal sizes,
-            self._fold(layer, plan, part, means.mean(dim=1, keepdim=True).to(acc_dtype))  # so mean of means
+        for part, mean in (("k", k_means), ("v", v_means)):  # [B, 1, H, D]: the evicted frames' mean
+            self._fold(layer, plan, part, mean if mean.dtype == acc_dtype else mean.to(acc_dtype))
 
     def _fold(self, layer: LayerKV, plan: ChunkPlan, part: str, e: torch.Tensor) -> None:
         # The FIFO starts right after the sink only while no memory slot exists: first eviction.

@@ -67,7 +67,8 @@ class CachePolicy(ABC):
         return False
 
     def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
-        """Ring storage: fold evicted frames, given as per-frame fp32 means [B, m, H, D] of raw keys/values."""
+        """Ring storage: fold the evicted frames, given as the fp32 mean [B, 1, H, D] of their raw keys
+        and of their values."""
         raise NotImplementedError(f"{self.name} does not support ring storage")
 
     def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:

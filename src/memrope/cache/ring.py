@@ -14,8 +14,9 @@ MemRoPE, 5-6% of the transformer's own. This cache removes it:
   slides by one chunk), only its temporal channel pairs are rotated by the difference
   (``rope.shift_time_``), about a third of the key's bytes; the sink never moves.
 - The memories need unrotated keys, but only their means (``reduction="global"``): the committing
-  pass stores each frame's mean raw key and value (one vector per head, ``slot_mean_k/v``) while
-  the chunk's keys are in hand, so eviction reads a few vectors, not frames.
+  pass stores each frame's mean raw key and value (one vector per head and part, ``slot_mean``,
+  key and value side by side so that one reduction serves both) while the chunk's keys are in
+  hand, so eviction reads a few vectors, not frames.
 
 Numerics: each move of a frame rounds its temporal channels once more in the storage dtype (bf16:
 2^-9 relative), and a frame moves at most ``ceil(recent / chunk)`` times before it is evicted; the
@@ -36,7 +37,7 @@ from .base import KVCache
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV
 
-MEAN_PARTS = ("k", "v")
+MEANS = "slot_mean"  # extra [B, slots, 2, H, D] fp32: per physical slot, mean raw key (0) and value (1)
 
 
 def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D) -> KVCache:
@@ -74,10 +75,9 @@ class RingKVCache(KVCache):
             raise ValueError("a ring-buffer cache needs a bounded policy")
         super().__init__(policy, geometry, rope)
         self.capacity_slots = cap
-        shape = (geometry.batch, cap, geometry.heads, geometry.head_dim)
-        for layer in self.layers:  # fp32 means of each physical slot's raw keys / values
-            for part in MEAN_PARTS:
-                layer.extra[f"slot_mean_{part}"] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
+        shape = (geometry.batch, cap, 2, geometry.heads, geometry.head_dim)
+        for layer in self.layers:  # fp32 means of each physical slot's raw keys and values
+            layer.extra[MEANS] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
         # Every per-layer tensor becomes a view into one [layers, ...] tensor, and ``all_layers`` sees
         # them with layers folded into the batch: the policy's elementwise per-chunk work (EMA folds,
         # memory values) then runs once for all layers instead of once per layer.
@@ -108,8 +108,9 @@ class RingKVCache(KVCache):
         folded = [i for i in plan.evicted if i not in plan.dropped]
         if folded:
             idx = self._index(tuple(self.phys[i] for i in folded))
-            means = [self.all_layers.extra[f"slot_mean_{part}"].index_select(1, idx) for part in MEAN_PARTS]
-            self.policy.fold_means(self.all_layers, plan, *means)  # [layers * B, m, H, D] each
+            # frames have equal sizes, so the mean of per-frame means is the mean of the frames
+            means = self.all_layers.extra[MEANS].index_select(1, idx).mean(dim=1, keepdim=True)  # [LB, 1, 2, H, D]
+            self.policy.fold_means(self.all_layers, plan, means[:, :, 0], means[:, :, 1])
         past_phys = self._place(plan)
         n_ctx = plan.n_past + plan.n_frames
         taken = set(past_phys)
@@ -161,9 +162,8 @@ class RingKVCache(KVCache):
             big[:, :, : n * ft] = big[:, :, src]
         order = torch.tensor(past_phys, device=device)
         for layer in self.layers:
-            for part in MEAN_PARTS:
-                mean = layer.extra[f"slot_mean_{part}"]
-                mean[:, :n] = mean[:, order]
+            mean = layer.extra[MEANS]
+            mean[:, :n] = mean[:, order]
         rot = [self._rot[p] for p in past_phys]
         self._rot = rot + [None] * (self.capacity_slots - n)
         return list(range(n))
@@ -234,9 +234,10 @@ class RingKVCache(KVCache):
             if k_raw is None:
                 raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
             b, n, h, d = k_raw.shape
-            for part, x in (("k", k_raw), ("v", v)):  # per-frame means while the chunk is in hand
-                frame_means = x.float().view(b, plan.n_frames, n // plan.n_frames, h, d).mean(dim=2)
-                layer.extra[f"slot_mean_{part}"].index_copy_(1, self._commit_index, frame_means)
+            kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
+            kv = kv if kv.dtype == torch.float32 else kv.float()
+            frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
+            layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
             self.policy.after_commit(layer, plan, self.geometry, q_raw)
             self._committed[layer_idx] = True
         end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
@@ -290,6 +291,10 @@ class RingKVCache(KVCache):
             for name in ("k", "v"):
                 target = getattr(layer, name)
                 target[:, :n_tok] = tensors[f"{i}.{name}"].to(target.device, target.dtype)
+            legacy = f"{i}.extra.slot_mean_k"  # states saved before keys and values shared one tensor
+            if f"{i}.extra.{MEANS}" not in tensors and legacy in tensors:
+                tensors = {**tensors, f"{i}.extra.{MEANS}": torch.stack(
+                    (tensors[legacy], tensors[f"{i}.extra.slot_mean_v"]), dim=2)}
             for key, t in layer.extra.items():
                 t.copy_(tensors[f"{i}.extra.{key}"].to(t.device, t.dtype))
         self.slots = tuple(Slot(kind, idx, shift) for kind, idx, shift in data["slots"])
