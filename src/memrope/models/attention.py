@@ -2,9 +2,10 @@
 
 PyTorch's SDPA picks a kernel by fixed rules; on a given GPU another one can be faster at the shapes
 a stream uses (cuDNN attention on Hopper, FlashAttention elsewhere) and on a CPU the fused kernel
-beats the math one by 2x at tiny shapes. A choice here only sets the *priority*: every backend stays
-allowed behind the preferred one, so a call the preferred kernel cannot serve (an odd head size, a
-mask, the VAE's attention on the decode thread, which sees the same process-wide setting) still runs.
+beats the math one by 2x at tiny shapes. On a GPU a choice only sets the *priority*: every backend
+stays allowed behind the preferred one, so a call the preferred kernel cannot serve (an odd head
+size, a mask, the VAE's attention on the decode thread, which sees the same process-wide setting)
+still runs. The CPU ignores priorities, so there a choice allows that kernel and the math fallback.
 ``auto`` times each backend that accepts the stream's own shapes and layouts once, at the start.
 
 Outputs of different kernels agree to rounding, not bit for bit: a resumed stream should use the
@@ -59,6 +60,7 @@ class AttentionChoice:
 
     name: str = "default"
     timings_ms: dict[str, float] = field(default_factory=dict)  # auto: mean ms per pass's calls, per kernel
+    device_type: str = "cuda"
 
     def __post_init__(self) -> None:
         if self.name not in CHOICES or self.name == "auto":
@@ -71,8 +73,12 @@ class AttentionChoice:
             yield
             return
         first = KERNELS[self.name]
-        order = [first, *(k for k in KERNELS.values() if k != first)]
-        with sdpa_kernel(order, set_priority=True):
+        if self.device_type == "cpu":  # the CPU picks its fused kernel whatever the priority: allow
+            allowed = [first] if first == SDPBackend.MATH else [first, SDPBackend.MATH]  # only this one
+            with sdpa_kernel(allowed):
+                yield
+            return
+        with sdpa_kernel([first, *(k for k in KERNELS.values() if k != first)], set_priority=True):
             yield
 
 
@@ -92,7 +98,7 @@ def choose(name: str, shapes: list[AttentionShape], device: torch.device, dtype:
     """``name`` as an :class:`AttentionChoice`; ``auto`` times every kernel that accepts all ``shapes``
     (one warm-up, then ``repeats`` rounds of every shape) and keeps the fastest."""
     if name != "auto":
-        return AttentionChoice(name)
+        return AttentionChoice(name, device_type=device.type)
     timings: dict[str, float] = {}
     for kernel in KERNELS:
         if not accepts(kernel, shapes, device, dtype):
@@ -110,7 +116,7 @@ def choose(name: str, shapes: list[AttentionShape], device: torch.device, dtype:
         timings[kernel] = (time.perf_counter() - start) * 1e3 / repeats
     if not timings:
         raise RuntimeError("no attention kernel accepts this stream's shapes")  # math always should
-    return AttentionChoice(min(timings, key=timings.get), timings)
+    return AttentionChoice(min(timings, key=timings.get), timings, device_type=device.type)
 
 
 def _sync(device: torch.device) -> None:
