@@ -10,11 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from memrope.distributed import (
     MANIFEST,
-    SplitDecoder,
     is_done,
     marker_path,
     read_prompts,
@@ -142,24 +140,6 @@ def test_torchrun_resume_skips_done_prompts(tmp_path):
     assert len(flat) == len(set(flat))
     assert all((out / f"{i:06d}.mp4").read_text() == "old" for i in done)
     assert (out / f"{5:06d}.mp4").read_text() == PROMPTS[5]
-
-
-def test_split_decoder_needs_two_gpus():
-    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
-        pytest.skip("two GPUs present: covered by the gpu test")
-    with pytest.raises(ValueError, match="SplitDecoder needs CUDA"):
-        SplitDecoder(object(), "cuda:1")
-
-
-@pytest.mark.gpu
-def test_split_decoder_decodes_on_second_gpu():
-    if torch.cuda.device_count() < 2:
-        pytest.skip("needs two CUDA devices")
-    from memrope.models.toy.decoder import ToyDecoder
-
-    split = SplitDecoder(ToyDecoder(4), "cuda:1")
-    frames = split.decode(torch.randn(1, 4, 3, 4, 4, device="cuda:0"))
-    assert frames.shape[1] == 1 + 4 * 2
 
 
 def test_generate_many_single_process(tmp_path):

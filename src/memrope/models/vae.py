@@ -245,6 +245,12 @@ class WanStreamingDecoder:
             )
         if latents.shape[2] == 0:
             raise ValueError("latents chunk has no frames")
+        if self.device.type == "cuda":  # a decoder on its own GPU (--decode-device): allocate there
+            with torch.cuda.device(self.device):
+                return self._decode_float(latents)
+        return self._decode_float(latents)
+
+    def _decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         # De-normalise: the diffusion model works on (z - mean) / std.
         z = latents.to(device=self.device, dtype=torch.float32) * self._std + self._mean
         x = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1 conv: per frame, no temporal state
