@@ -14,7 +14,7 @@ from memrope.models.rope import Rope3D, apply_rope, shift_time_, time_shift_rota
 from memrope.models.toy.train import _fresh_cache_tensors
 from memrope.models.wan import WanModel
 from memrope.models.wan_config import wan_config
-from memrope.models.wan_fused import FusedModulation, block_forward, patch_embed, rms_norm, rms_norm_fused, rms_scale
+from memrope.models.wan_fused import BlockModulation, block_forward, patch_embed, rms_norm, rms_norm_fused, rms_scale
 
 from ..conftest import TINY_LATENT_HW
 
@@ -172,7 +172,7 @@ def test_fused_attention_matches_sdpa_reference_closed_form():
     with torch.no_grad():
         fused = model.fused_params()
         one, zero = torch.ones(48), torch.zeros(48)
-        gate1 = FusedModulation(zero, one, one, zero, one, zero)  # no modulation, FFN gate closed
+        gate1 = BlockModulation(zero, one, one, zero, one, zero)  # no modulation, FFN gate closed
         cache = gen.cache
         cache.begin_chunk(3)
         out = block_forward(fused.blocks[0], gate1, fused, x, gen.text.k[0], gen.text.v[0], cache, 0, False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +28,8 @@ from ..cache.plan import CacheGeometry
 from .rope import Rope3D, apply_rope
 from .wan_config import WanConfig
 from .wan_fused import (
+    BlockModulation,
     FusedBlock,
-    FusedModulation,
     FusedParams,
     block_forward,
     cast,
@@ -86,17 +85,6 @@ def gate(x: torch.Tensor, g: torch.Tensor, n_frames: int) -> torch.Tensor:
     return cast((fp32(x).unflatten(1, (n_frames, -1)) * g).flatten(1, 2), x.dtype)
 
 
-class BlockModulation(NamedTuple):
-    """One block's modulation at one timestep, fp32 [B, F or 1, 1, dim] each (scales hold 1 + scale)."""
-
-    shift1: torch.Tensor
-    scale1: torch.Tensor
-    gate1: torch.Tensor
-    shift2: torch.Tensor
-    scale2: torch.Tensor
-    gate2: torch.Tensor
-
-
 @dataclass(frozen=True)
 class Conditioning:
     """Everything a pass derives from its timesteps alone: the time embedding and every block's
@@ -113,7 +101,7 @@ class Conditioning:
     blocks: tuple[BlockModulation, ...]
     head_shift: torch.Tensor  # [B, F or 1, 1, dim] fp32
     head_scale: torch.Tensor  # 1 + scale, same shape
-    fused: tuple[FusedModulation, ...] | None = None
+    fused: tuple[BlockModulation, ...] | None = None
     fused_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
@@ -271,7 +259,7 @@ class WanModel(nn.Module):
         blocks = tuple(block.modulation_for(e0) for block in self.blocks)
         fused = fused_head = None
         if f == 1:  # every frame shares the step: the fused path's shapes, made once here
-            fused = tuple(FusedModulation(*fused_modulation(*m)) for m in blocks)
+            fused = tuple(BlockModulation(*fused_modulation(*m)) for m in blocks)
             fused_head = fused_modulation(head_shift, head_scale)
         return Conditioning(batch=b, frames=f, blocks=blocks, head_shift=head_shift, head_scale=head_scale,
                             fused=fused, fused_head=fused_head)

@@ -94,9 +94,10 @@ class FusedParams(NamedTuple):
     eps_norm: torch.Tensor  # sqrt(dim * eps), 0-dim fp32 (see rms_norm_fused)
 
 
-class FusedModulation(NamedTuple):
-    """A block's modulation for a pass whose frames share a step: ``[dim]`` vectors for batch 1
-    (LayerNorm's own affine), else ``[B, 1, dim]``; scales hold 1 + scale."""
+class BlockModulation(NamedTuple):
+    """A block's adaLN modulation at one timestep, fp32; the scales hold 1 + scale. The module path
+    keeps them per frame, [B, F or 1, 1, dim]; the fused path, for a pass whose frames share a step,
+    as ``[dim]`` vectors for batch 1 (LayerNorm's own affine), else ``[B, 1, dim]``."""
 
     shift1: torch.Tensor
     scale1: torch.Tensor
@@ -126,7 +127,7 @@ def gate_residual(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Te
     return cast(torch.addcmul(fp32(x), fp32(y), g), x.dtype)
 
 
-def block_forward(p: FusedBlock, m: FusedModulation, fp: FusedParams, x: torch.Tensor, text_k: torch.Tensor,
+def block_forward(p: FusedBlock, m: BlockModulation, fp: FusedParams, x: torch.Tensor, text_k: torch.Tensor,
                   text_v: torch.Tensor, cache: KVCache, layer_idx: int, commit: bool) -> torch.Tensor:
     """One Wan block on x [B, L, dim]; the same contract as ``WanBlock.forward``."""
     b, n, dim = x.shape
