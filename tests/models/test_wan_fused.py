@@ -108,6 +108,17 @@ def test_binding_follows_in_place_weight_edits_and_replacements():
         assert torch.equal(model.fused_params().blocks[1].w_ffn2, torch.zeros(48, 96))
 
 
+def test_binding_follows_device_and_dtype_moves():
+    """``Module.to`` swaps parameter data without moving versions: the binding must not survive it."""
+    model = random_model()
+    with torch.no_grad():
+        first = model.fused_params()
+        model.to(torch.float64)
+        moved = model.fused_params()
+    assert moved is not first and moved.blocks[0].w_qkv.dtype == torch.float64
+    assert moved.w_patch.dtype == torch.float64
+
+
 def test_training_takes_the_module_path_and_gets_gradients():
     model = random_model().requires_grad_(True)
     assert model.fused_params() is None  # gradients recorded for parameters

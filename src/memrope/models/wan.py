@@ -265,6 +265,12 @@ class WanModel(nn.Module):
                             fused=fused, fused_head=fused_head)
 
     # ----------------------------------------------------------------- the fused inference path
+    def _apply(self, fn, recurse=True):
+        """``to()``, ``half()``, ``cuda()``... swap parameter data without moving their versions, so
+        the fused binding is dropped here rather than trusted."""
+        self._fused = None
+        return super()._apply(fn, recurse)
+
     def fused_params(self) -> FusedParams | None:
         """Parameters bound for :mod:`memrope.models.wan_fused`, or None when the module path must run:
         gradients are being recorded for a parameter (training), or a module the fused path bypasses
