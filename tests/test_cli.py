@@ -93,13 +93,15 @@ def test_decoder_on_its_own_device_writes_the_same_video(tmp_path, capsys):
     """``--decode-device`` places the decoder apart from the model (a second GPU in real use; the
     CPU named explicitly here): the settings carry it and the frames are the same."""
     videos = []
-    for extra in ([], ["--decode-device", "cpu"]):
+    for extra in ([], ["--decode-device", "cpu"]):  # both as run directories: segments encode alike
         out = tmp_path / f"v{len(videos)}.mp4"
-        code, _, err = run(["generate", "--latent-frames", "9", "--out", str(out), "--no-progress", *extra],
-                           capsys)
+        code, _, err = run(["generate", "--latent-frames", "9", "--out", str(out), "--no-progress",
+                            "--checkpoint-every", "1", *extra], capsys)
         assert code == 0, err
         videos.append(read_frames(out))
     assert (videos[0] == videos[1]).all()
+    manifest = json.loads((tmp_path / "v1.mp4.run" / "manifest.json").read_text())
+    assert manifest["settings"]["model"]["decode_device"] == "cpu"  # a resume rebuilds the same split
 
 
 @pytest.mark.gpu

@@ -238,13 +238,13 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
                                  dtype_bytes=torch.finfo(dt).bits // 8)
     peak = matmul_peak(dev, n=matmul_n, min_seconds=matmul_seconds)
 
+    kernels: dict[str, dict[str, Any]] = {}  # per policy: the attention kernel its generator chose
+
     def generator(name: str) -> StreamingGenerator:
         g = StreamingGenerator(model, built[name], text, gen_cfg, decoder=make_decoder(decoder, model, dev),
                                fused=fused, attention=attention)
         kernels[name] = {"kernel": g.attention.name, "auto_timings_ms": g.attention.timings_ms}
         return install(g) if isinstance(built[name], ReferenceStyle) else g
-
-    kernels: dict[str, dict[str, Any]] = {}
 
     per_chunk: dict[str, list[dict]] = {}
     memory: dict[str, dict[str, int]] = {}

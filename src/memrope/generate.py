@@ -143,7 +143,6 @@ class StreamingGenerator:
         draws = [torch.randn(shape, generator=gen) for _ in self.timesteps]
         return [d.to(device=self.device, dtype=self.dtype) for d in draws]
 
-    @torch.no_grad()
     def next_chunk(self) -> ChunkResult:
         """Denoise, commit and decode the next chunk (the decode runs here, synchronously)."""
         result = self._denoise()

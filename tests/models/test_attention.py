@@ -38,24 +38,41 @@ def test_auto_times_only_the_kernels_that_serve_the_shapes():
     assert choice.name == min(choice.timings_ms, key=choice.timings_ms.get)
 
 
-def test_preference_is_undone_after_the_passes():
-    flags = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled(),
-             torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled())
-    with AttentionChoice("math").preferred():
-        pass
-    assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled(),
-            torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled()) == flags
+def sdp_flags() -> tuple[bool, ...]:
+    b = torch.backends.cuda
+    return b.flash_sdp_enabled(), b.math_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.cudnn_sdp_enabled()
 
 
-def video(model, text, attention: str) -> torch.Tensor:
+def test_a_cpu_preference_takes_effect_inside_the_passes_and_is_undone_after():
+    before = sdp_flags()
+    with AttentionChoice("math", device_type="cpu").preferred():
+        flash, math = sdp_flags()[:2]
+        assert math and not flash  # the CPU ignores priorities: the fused kernel is switched off
+    assert sdp_flags() == before
+
+
+def video(model, text, attention: str) -> tuple[torch.Tensor, set[str]]:
+    """Six chunks' latents, and the names of the SDPA kernels that ran."""
     gen = StreamingGenerator(model, make_policy("memrope"), text, GenerationConfig(latent_hw=TINY_LATENT_HW),
                              attention=attention)
-    return torch.cat([gen.next_chunk().latents for _ in range(6)], dim=2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        latents = torch.cat([gen.next_chunk().latents for _ in range(6)], dim=2)
+    return latents, {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
 
 
-@pytest.mark.parametrize("kernel", ["math", "flash", "auto"])
-def test_every_kernel_gives_the_same_video(tiny_model, tiny_text, kernel):
-    torch.testing.assert_close(video(tiny_model, tiny_text, kernel), video(tiny_model, tiny_text, "default"),
+def test_the_math_kernel_runs_when_preferred_and_gives_the_same_video(tiny_model, tiny_text):
+    math, math_kernels = video(tiny_model, tiny_text, "math")
+    default, default_kernels = video(tiny_model, tiny_text, "default")
+    fused_cpu = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert fused_cpu in default_kernels and fused_cpu not in math_kernels
+    torch.testing.assert_close(math, default, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_generates_with_a_kernel_it_timed(tiny_model, tiny_text):
+    gen = StreamingGenerator(tiny_model, make_policy("memrope"), tiny_text,
+                             GenerationConfig(latent_hw=TINY_LATENT_HW), attention="auto")
+    assert gen.attention.name in gen.attention.timings_ms and gen.attention.device_type == "cpu"
+    torch.testing.assert_close(video(tiny_model, tiny_text, "auto")[0], video(tiny_model, tiny_text, "default")[0],
                                rtol=1e-4, atol=1e-4)
 
 

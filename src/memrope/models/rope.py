@@ -152,19 +152,14 @@ def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tens
     p + d by rotating only its temporal channel pairs by d. Spatial channels are untouched, so
     tokens keep their own (row, col) whatever frame slot they are moved into (Deep Forcing).
     """
-    t_pairs = rope.split[0] // 2
     mag = delta.abs().to(device=x.device, dtype=torch.long)  # callers bound |delta| by their window
     sign = torch.sign(delta).to(device=x.device, dtype=torch.float32)
-    cos = rope.cos_t[mag][..., :t_pairs]  # [(B,) L, t_pairs]
-    sin = rope.sin_t[mag][..., :t_pairs] * sign.unsqueeze(-1)
-    if cos.ndim == 2:
-        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, L, 1, t_pairs]
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    real, imag = xf[..., :t_pairs, 0], xf[..., :t_pairs, 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    out = torch.cat([rotated, xf[..., t_pairs:, :]], dim=-2)
-    return out.flatten(-2).to(x.dtype)
+    rotation = torch.complex(rope.cos_t[mag], rope.sin_t[mag] * sign.unsqueeze(-1))  # [(B,) L, t / 2]
+    if rotation.ndim == 2:
+        rotation = rotation.unsqueeze(0)
+    out = x.clone()
+    _rotate_time_(out, rotation.unsqueeze(2), rope.split[0])  # [B, L, 1, t / 2] over the heads
+    return out
 
 
 def time_shift_rotation(delta: int, rope: Rope3D) -> torch.Tensor:
@@ -181,15 +176,18 @@ def shift_time_(x: torch.Tensor, delta: int, rope: Rope3D, rotation: torch.Tenso
     Only the temporal channel pairs (the first ``rope.split[0]`` channels) are read and written, so
     moving a frame costs about a third of rotating it; the spatial pairs already hold the right
     (row, col). Rotations compose (R(p + d) = R(d) R(p)), so the result equals a fresh rotation at
-    p + d up to one rounding in the storage dtype. fp32 storage is multiplied in place through a
-    complex view (one operation); other dtypes go through fp32 and are written back. ``rotation``:
-    :func:`time_shift_rotation` of ``delta``, for callers that memoise it.
+    p + d up to one rounding in the storage dtype. ``rotation``: :func:`time_shift_rotation` of
+    ``delta``, for callers that memoise it.
     """
     if delta == 0:
         return
-    t = rope.split[0]
-    if rotation is None:
-        rotation = time_shift_rotation(delta, rope)  # [t / 2]
+    _rotate_time_(x, time_shift_rotation(delta, rope) if rotation is None else rotation, rope.split[0])
+
+
+def _rotate_time_(x: torch.Tensor, rotation: torch.Tensor, t: int) -> None:
+    """In place: multiply the first ``t`` channels of ``x``, as complex pairs, by ``rotation``
+    (broadcast against [..., t / 2]). fp32 storage is multiplied through a complex view (one
+    operation); other dtypes go through fp32 and are written back with one rounding."""
     part = x[..., :t].unflatten(-1, (-1, 2))  # [..., t / 2, 2]
     if x.dtype == torch.float32:
         try:

@@ -238,7 +238,6 @@ class WanModel(nn.Module):
         pairs = [blk.cross_attn.project_text(ctx) for blk in self.blocks]
         return TextContext(k=[k for k, _ in pairs], v=[v for _, v in pairs])
 
-    # ----------------------------------------------------------------- one pass over a chunk
     # ----------------------------------------------------------------- time, once per timestep
     def condition(self, t: torch.Tensor, batch: int, n_frames: int) -> Conditioning:
         """Time embedding and every block's modulation for timesteps ``t``: [B] (all frames share
