@@ -19,7 +19,7 @@ from memrope.cache.reference_style import (
     rotate_complex128,
 )
 from memrope.generate import GenerationConfig, StreamingGenerator
-from memrope.models.rope import apply_rope
+from memrope.rope import apply_rope
 
 HW = (4, 4)
 

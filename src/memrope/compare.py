@@ -47,7 +47,7 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .cache import policy_names
-    from .cli import build_parser, settings_from_args
+    from .generate_options import add_generate_arguments, settings_from_args
     from .run import generate
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -56,18 +56,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError(f"unknown policies {unknown}; choose from {', '.join(policy_names())}")
     prompts = (read_prompts(args.prompts) if args.prompts else []) + list(args.prompt)
     if not prompts:
-        from .cli import DEFAULT_PROMPT
+        from .generate_options import DEFAULT_PROMPT
 
         prompts = [DEFAULT_PROMPT]
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
     videos, labels, pair_ids = [], [], []
-    gen_parser = build_parser()
+    gen_parser = add_generate_arguments(argparse.ArgumentParser(prog="memrope compare", add_help=False))
     for policy in policies:
         for pi, prompt in enumerate(prompts):
             for seed in range(args.seeds):
                 out = args.out / "videos" / policy / f"p{pi:02d}_s{seed}.mp4"
-                argv = ["generate", "--policy", policy, "--prompt", prompt, "--seed", str(seed), "--out", str(out),
+                argv = ["--policy", policy, "--prompt", prompt, "--seed", str(seed), "--out", str(out),
                         "--stats", str(out.with_suffix(".json")), "--no-progress"]
                 argv += ["--latent-frames", str(args.latent_frames)] if args.latent_frames else \
                     ["--duration", str(args.duration)]

@@ -28,9 +28,11 @@ from .cache.plan import FRAME, ChunkPlan, Clock, after_chunk
 from .cache.policy import CachePolicy
 from .models.wan_config import WanConfig, wan_config
 
-PASSES_PER_CHUNK = 5  # 4 denoising passes + 1 committing pass (REFERENCE.md section 2)
+# 4 denoising passes + 1 committing pass (guandeh17/Self-Forcing@33593df pipeline/causal_inference.py)
+PASSES_PER_CHUNK = 5
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
-# REFERENCE.md section 6 (one H100, 832x480, W = 12): the anchors the model is checked against.
+# Wan2.1-1.3B at 832x480 with a 12-frame context, counted by hand from the architecture (dim 1536, 30 blocks,
+# 1560 tokens per latent frame): the anchors the cost model is checked against (tests/test_cost_model.py).
 REFERENCE_TFLOP_PER_CALL = 28.3
 REFERENCE_TFLOP_PER_CHUNK = 141.5
 
@@ -238,7 +240,7 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
       evicted frames' per-frame means (one fp32 vector per head and frame, for k and v), which the
       commit pass writes for the chunk's frames (memory slots keep none: they are never folded).
     """
-    from .models.rope import axis_split
+    from .rope import axis_split
 
     cfg, fb = shape.config, shape.frame_bytes()
     layers = cfg.num_layers

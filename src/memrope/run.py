@@ -89,7 +89,8 @@ def prepare(settings: dict[str, Any]) -> Prepared:
     from .cache import make_policy
     from .cache.preflight import preflight
     from .generate import GenerationConfig, StreamingGenerator
-    from .models.bundle import BundleOptions, load_bundle
+    from .models.bundle import BundleOptions
+    from .models.loading import load_bundle
     from .schedule import load_schedule, parse_inline, schedule_from_data
 
     try:

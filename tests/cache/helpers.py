@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from memrope.cache import CacheGeometry, KVCache, make_policy
-from memrope.models.rope import Rope3D, apply_rope
+from memrope.rope import Rope3D, apply_rope
 
 GRID = (2, 3)
 HEADS, HEAD_DIM, LAYERS, CHUNK = 2, 12, 2, 3

@@ -3,7 +3,7 @@
 import torch
 
 from memrope.cache import CacheGeometry, KVCache, make_policy
-from memrope.models.rope import Rope3D, apply_rope
+from memrope.rope import Rope3D, apply_rope
 
 from .helpers import CHUNK, GRID, HEAD_DIM, HEADS, LAYERS, frame_kv, make_cache, run_chunk
 

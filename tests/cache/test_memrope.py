@@ -5,11 +5,12 @@ import torch
 
 from memrope.cache import make_policy
 from memrope.cache.plan import Clock
-from memrope.models.rope import apply_rope
+from memrope.rope import apply_rope
 
 from .helpers import CHUNK, GRID, LAYERS, frame_kv, make_cache, run_chunk
 
-# REFERENCE.md section 3, faithful mode, as seen by chunks 0..6 (labels, then positions).
+# The MemRoPE reference's cache (YoungRaeKimm/MemRoPE@b89bf5b wan/modules/causal_model.py), faithful mode, as
+# seen by chunks 0..6 (labels, then positions).
 FAITHFUL_LAYOUT = [
     ["cur0", "cur1", "cur2"],
     ["f0", "f1", "f2", "cur3", "cur4", "cur5"],
@@ -116,7 +117,7 @@ def test_no_memory_ablation_keeps_newest_frames_fifo():
 def test_bf16_accumulator_loses_updates_that_fp32_keeps():
     """Why ema_dtype=float32 is the default: at alpha 0.01 bf16 rounding swallows small steps."""
     from memrope.cache import CacheGeometry, KVCache, make_policy
-    from memrope.models.rope import Rope3D
+    from memrope.rope import Rope3D
 
     LOW, HIGH = 1.0, 1.0 + 2**-7  # both exact in bf16
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from memrope.cache import KVCache, make_policy
 from memrope.cache.ring import RingKVCache, make_cache, runs
-from memrope.models.rope import Rope3D, apply_rope
+from memrope.rope import Rope3D, apply_rope
 
 from .helpers import CHUNK, GRID, HEAD_DIM, HEADS, LAYERS, chunk_kv, geometry
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from memrope import cli
+from memrope import generate_options
 from memrope.cache import make_policy
 from memrope.cli import main
 from memrope.generate import GenerationConfig, StreamingGenerator
@@ -21,7 +21,7 @@ SHAPES = [AttentionShape(1, 4, 12, 12, 48), AttentionShape(1, 4, 12, 12, 8)]
 
 
 def test_cli_spells_the_same_choices():
-    assert cli.ATTENTION_CHOICES == CHOICES
+    assert generate_options.ATTENTION_CHOICES == CHOICES
 
 
 @pytest.mark.parametrize("name", ["bogus", "auto"])

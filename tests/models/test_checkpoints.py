@@ -12,15 +12,11 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 
 from memrope.cache import KVCache, make_policy
-from memrope.models.checkpoints import (
-    LORA_TARGETS,
-    diffusers_key,
-    expected_shapes,
-    load_transformer,
-    original_key,
-    read_dit_config,
-)
+from memrope.models.checkpoints import load_transformer
+from memrope.models.formats.diffusers import diffusers_key, original_key
+from memrope.models.formats.lora import LORA_TARGETS
 from memrope.models.wan_config import wan_config
+from memrope.models.wan_layout import expected_shapes, read_dit_config
 from memrope.models.weight_files import WeightFileError
 from tests.models.tiny_wan_files import (
     LORA_NAMINGS,
@@ -94,7 +90,7 @@ def velocity(model, seed: int = 0, frames: int = 2) -> torch.Tensor:
 
 
 def test_diffusers_renames_follow_the_reference_table():
-    # Written from REFERENCE.md 2 independently of the implementation's tables.
+    # Written from huggingface/diffusers@7d56827 scripts/convert_wan_to_diffusers.py, independently of our tables.
     table = {
         "time_embedding.0.weight": "condition_embedder.time_embedder.linear_1.weight",
         "time_embedding.2.bias": "condition_embedder.time_embedder.linear_2.bias",

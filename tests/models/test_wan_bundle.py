@@ -17,8 +17,9 @@ from safetensors.torch import save_file
 import memrope.models.text as text_module
 from memrope.cache import make_policy
 from memrope.generate import GenerationConfig, StreamingGenerator
-from memrope.models.bundle import BundleOptions, load_bundle
-from memrope.models.checkpoints import diffusers_key
+from memrope.models.bundle import BundleOptions
+from memrope.models.formats.diffusers import diffusers_key
+from memrope.models.loading import load_bundle
 from memrope.models.wan_bundle import (
     PROMPT_CACHE_DIRNAME,
     CachedPromptEncoder,

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from memrope.cache import make_policy
 from memrope.cache.base import KVCache
 from memrope.generate import GenerationConfig, StreamingGenerator
-from memrope.models.rope import apply_rope
-from memrope.models.toy.train import _fresh_cache_tensors
 from memrope.models.wan import WanModel
 from memrope.models.wan_config import wan_config
 from memrope.models.wan_fused import BlockModulation, block_forward, patch_embed, rms_norm, rms_norm_fused, rms_scale
+from memrope.rope import apply_rope
+from memrope.world.train_stages import _fresh_cache_tensors
 
 from ..conftest import TINY_LATENT_HW
 

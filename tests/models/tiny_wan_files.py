@@ -20,11 +20,12 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from memrope.models.checkpoints import LORA_TARGETS, expected_shapes
+from memrope.models.formats.lora import LORA_TARGETS
 from memrope.models.text import WAN_TEXT_LEN
 from memrope.models.vae import WanVAEConfig
 from memrope.models.wan import WanModel
 from memrope.models.wan_config import WanConfig
+from memrope.models.wan_layout import expected_shapes
 from tests.models.test_text import CORPUS, TINY_T5, to_wan_layout
 from tests.models.test_vae import to_original_layout
 

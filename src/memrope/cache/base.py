@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..models.rope import Rope3D, RopeFreqs, apply_rope
-from .plan import ABSOLUTE, BY_SLOT, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk, append_plan
-from .policy import CachePolicy, LayerKV
+from ..rope import Rope3D, RopeFreqs, apply_rope
+from .plan import ABSOLUTE, BY_SLOT, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
+from .policy import CachePolicy, LayerKV, append_plan
 
 FREQS_MEMO_SIZE = 64  # distinct position tuples whose RoPE tables are kept (bounded policies repeat a few)
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.rope import Rope3D, apply_rope, shift_time
-from .plan import BY_SLOT, SELECTED, CacheGeometry, ChunkPlan, Clock, Slot, append_plan
-from .policy import CachePolicy, LayerKV
+from ..rope import Rope3D, apply_rope, shift_time
+from .plan import BY_SLOT, SELECTED, CacheGeometry, ChunkPlan, Clock, Slot
+from .policy import CachePolicy, LayerKV, append_plan
 
 SCORE_QUERIES = ("recent+current", "current")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import ChunkPlan, Clock, Slot, append_plan
-from .policy import CachePolicy
+from .plan import ChunkPlan, Clock, Slot
+from .policy import CachePolicy, append_plan
 
 
 @dataclass(frozen=True)

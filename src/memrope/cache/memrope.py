@@ -44,9 +44,8 @@ from .plan import (
     Clock,
     Slot,
     SwitchPlan,
-    append_plan,
 )
-from .policy import CachePolicy, LayerKV
+from .policy import CachePolicy, LayerKV, append_plan
 
 MEMORY_MODES: dict[str, tuple[str, ...]] = {
     "both": (LONG_MEMORY, SHORT_MEMORY),

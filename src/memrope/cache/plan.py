@@ -11,12 +11,8 @@ Two words never mix: ``frame_idx`` is a frame's absolute index in the stream (un
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .policy import CachePolicy
 
 FRAME = "frame"
 LONG_MEMORY = "long"
@@ -151,22 +147,6 @@ class Clock:
 
 def frame_slot(frame_idx: int) -> Slot:
     return Slot(FRAME, frame_idx)
-
-
-def append_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
-    """Plan that keeps every committed slot in place and appends the new chunk after it."""
-    n = len(slots)
-    new = [Slot(FRAME, clock.frames + j, clock.pos_shift) for j in range(n_frames)]
-    return ChunkPlan(
-        chunk_index=clock.chunks,
-        first_frame=clock.frames,
-        n_frames=n_frames,
-        past=slots,
-        sources=tuple(range(n)),
-        past_pos=tuple(policy.position_of(i, s) for i, s in enumerate(slots)),
-        query_pos=tuple(policy.position_of(n + j, s) for j, s in enumerate(new)),
-        new_shift=clock.pos_shift,
-    )
 
 
 def after_chunk(plan: ChunkPlan, clock: Clock) -> tuple[tuple[Slot, ...], Clock]:

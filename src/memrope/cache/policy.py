@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..models.rope import Rope3D
-from .plan import ABSOLUTE, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from ..rope import Rope3D
+from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 
 
 @dataclass
@@ -121,3 +121,19 @@ class CachePolicy(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"policy": self.name, **vars(self.config)}
+
+
+def append_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
+    """Plan that keeps every committed slot in place and appends the new chunk after it."""
+    n = len(slots)
+    new = [Slot(FRAME, clock.frames + j, clock.pos_shift) for j in range(n_frames)]
+    return ChunkPlan(
+        chunk_index=clock.chunks,
+        first_frame=clock.frames,
+        n_frames=n_frames,
+        past=slots,
+        sources=tuple(range(n)),
+        past_pos=tuple(policy.position_of(i, s) for i, s in enumerate(slots)),
+        query_pos=tuple(policy.position_of(n + j, s) for j, s in enumerate(new)),
+        new_shift=clock.pos_shift,
+    )

@@ -7,7 +7,7 @@ the run and leave a partial file. Walking the plans costs microseconds per chunk
 
 from __future__ import annotations
 
-from ..models.rope import Rope3D
+from ..rope import Rope3D
 from .plan import Clock, after_chunk
 from .policy import CachePolicy
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..models.rope import ROPE_THETA, Rope3D, RopeFreqs
+from ..rope import ROPE_THETA, Rope3D, RopeFreqs
 from .base import KVCache
 from .plan import SELECTED, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..models.rope import Rope3D, shift_time_, time_shift_rotation
+from ..rope import Rope3D, shift_time_, time_shift_rotation
 from .base import KVCache
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV

@@ -12,8 +12,8 @@ stops carrying the old prompt's cross-attention in its keys and values.
 
 from __future__ import annotations
 
-from .plan import ChunkPlan, Clock, Slot, SwitchPlan, append_plan
-from .policy import CachePolicy
+from .plan import ChunkPlan, Clock, Slot, SwitchPlan
+from .policy import CachePolicy, append_plan
 
 
 def windowed_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int, window: int,

@@ -17,7 +17,7 @@ _EXPORTS = {
     "analyze_video": "memrope.eval.analysis",
     "VideoAnalysis": "memrope.eval.analysis",
     "evaluate_videos": "memrope.eval.evaluate",
-    "Evaluation": "memrope.eval.evaluate",
+    "Evaluation": "memrope.eval.evaluation",
     "write_report": "memrope.eval.report",
     "drift_summary": "memrope.eval.drift",
     "DriftSummary": "memrope.eval.drift",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from memrope.eval.analysis import VideoAnalysis, analyze_video
 from memrope.eval.bootstrap import Estimate, PairedComparison, bootstrap_mean_ci, paired_bootstrap
 from memrope.eval.config import EvalConfig
 from memrope.eval.drift import DriftSummary, drift_summary
+from memrope.eval.evaluation import Evaluation, VideoResult
 from memrope.eval.histogram import HISTOGRAM_DRIFT
 from memrope.eval.repetition import PIXEL_ANCHOR_SIMILARITY
 from memrope.eval.spec import MetricSpec
@@ -55,33 +55,6 @@ class _NoNetworks:
 
     def fresh_metrics(self) -> list:
         return []
-
-
-@dataclass
-class VideoResult:
-    """One evaluated video with its method label, prompt id and the drift summary of every metric."""
-
-    analysis: VideoAnalysis
-    method: str
-    prompt: str
-    drift: dict[str, DriftSummary]
-
-
-@dataclass
-class Evaluation:
-    """All videos plus the across-prompt summaries. summary[method][metric] uses whole-video values."""
-
-    videos: list[VideoResult]
-    config: EvalConfig
-    specs: dict[str, MetricSpec]
-    skipped: dict[str, str]
-    summary: dict[str, dict[str, Estimate]] = field(default_factory=dict)
-    comparisons: dict[str, list[PairedComparison]] = field(default_factory=dict)
-    networks: dict = field(default_factory=dict)
-
-    @property
-    def methods(self) -> list[str]:
-        return list(dict.fromkeys(v.method for v in self.videos))
 
 
 def falling_for(spec: MetricSpec | None, first: float, threshold: float) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memrope.eval.evaluate import Evaluation
+from memrope.eval.evaluation import Evaluation
 
 VERSIONED_PACKAGES = (
     "memrope",

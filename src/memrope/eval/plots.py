@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from memrope.eval.evaluate import Evaluation  # noqa: E402
+from memrope.eval.evaluation import Evaluation  # noqa: E402
 
 DPI = 100
 SECONDS_PER_MINUTE = 60.0

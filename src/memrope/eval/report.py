@@ -12,7 +12,7 @@ import html
 import math
 from pathlib import Path
 
-from memrope.eval.evaluate import Evaluation
+from memrope.eval.evaluation import Evaluation
 from memrope.eval.export import package_versions, write_csvs, write_json
 from memrope.eval.plots import write_plots
 

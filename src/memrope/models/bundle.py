@@ -2,7 +2,8 @@
 
 A bundle pairs a transformer with the text encoder and decoder that belong to it. The embedded
 default needs nothing on disk; real Wan2.1 models (Self-Forcing, LongLive) come from checkpoint
-files through :mod:`memrope.models.wan_bundle`.
+files through :mod:`memrope.models.wan_bundle`. The types live here and the loaders import them;
+:mod:`memrope.models.loading` picks the loader, so no loader and this module import each other.
 """
 
 from __future__ import annotations
@@ -85,17 +86,3 @@ def resolve_decode_device(decode_device: str | None, device: torch.device) -> to
         raise ValueError(f"--decode-device {decode_device} requested but this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s)")
     return out
-
-
-def load_bundle(options: BundleOptions) -> ModelBundle:
-    device = resolve_device(options.device)
-    decode_device = resolve_decode_device(options.decode_device, device)
-    if options.model is None:
-        from .toy.default import load_default
-
-        return load_default(device=device, dtype=resolve_dtype(options.dtype, device)
-                            if options.dtype != "auto" else torch.float32, decode_device=decode_device)
-    from .wan_bundle import load_wan_bundle
-
-    return load_wan_bundle(options, device=device, dtype=resolve_dtype(options.dtype, device),
-                           decode_device=decode_device)

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 # Wan2.1 shared config: ``text_len = 512`` (umT5 context length the DiT cross-attends to).
 WAN_TEXT_LEN = 512
-# File names inside a Wan2.1-T2V folder (Wan2.1 ``configs``: ``t5_checkpoint``, ``t5_tokenizer``).
+# File names inside a Wan2.1-T2V folder (Wan-Video/Wan2.1@9737cba ``wan/configs``: ``t5_checkpoint``, ``t5_tokenizer``).
 WAN_T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
 WAN_T5_TOKENIZER = "google/umt5-xxl"
 # Sub-folders of a diffusers Wan pipeline folder.

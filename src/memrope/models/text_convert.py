@@ -1,8 +1,8 @@
 """Key layout of Wan's original umT5 encoder checkpoint versus transformers' ``UMT5EncoderModel``.
 
 ``models_t5_umt5-xxl-enc-bf16.pth`` is the state dict of ``T5Encoder`` from the public Wan2.1 code
-(``wan/modules/t5.py``, built by ``umt5_xxl(encoder_only=True)``): ``token_embedding``, per block
-``norm1`` -> ``attn.{q,k,v,o}`` -> ``norm2`` -> ``ffn`` and its own relative-position table
+(Wan-Video/Wan2.1@9737cba ``wan/modules/t5.py``, built by ``umt5_xxl(encoder_only=True)``): ``token_embedding``, per
+block ``norm1`` -> ``attn.{q,k,v,o}`` -> ``norm2`` -> ``ffn`` and its own relative-position table
 ``pos_embedding.embedding`` (``shared_pos=False``: one table per block, which is exactly umT5's
 difference from T5), then a final ``norm``. The feed-forward is ``fc2(fc1(x) * gelu_tanh(gate(x)))``;
 transformers' gated-GELU computes ``wo(gelu_new(wi_0(x)) * wi_1(x))``, hence gate -> wi_0, fc1 -> wi_1.
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
-# Constants of Wan's T5 that tensor shapes do not reveal. Source: Wan2.1 ``wan/modules/t5.py``:
+# Constants of Wan's T5 that tensor shapes do not reveal. Source: Wan-Video/Wan2.1@9737cba ``wan/modules/t5.py``:
 # ``T5RelativeEmbedding(max_dist=128)``, ``T5LayerNorm(eps=1e-6)``, ``GELU`` (tanh approximation, which
 # transformers calls ``gelu_new``), and the tokenizer's pad / eos ids of google/umt5-xxl.
 WAN_T5_MAX_DISTANCE = 128

@@ -35,8 +35,8 @@ from memrope.models.weight_files import WeightFileError, check_state_dict, read_
 # 0.35.2, 0.36.0, 0.37.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0, 0.42.1; 0.33 / 0.34 lack ``first_chunk``.
 SUPPORTED_DIFFUSERS = ((0, 35), (0, 43))
 
-# Latent statistics of the Wan 2.1 VAE (16 channels). Source: Wan2.1 ``wan/modules/vae.py`` (``WanVAE``
-# mean/std) and the ``latents_mean`` / ``latents_std`` defaults of diffusers' ``AutoencoderKLWan`` config.
+# Latent statistics of the Wan 2.1 VAE (16 channels). Source: Wan-Video/Wan2.1@9737cba ``wan/modules/vae.py``
+# (``WanVAE`` mean/std) and the ``latents_mean`` / ``latents_std`` defaults of diffusers' ``AutoencoderKLWan`` config.
 WAN21_LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,

@@ -1,15 +1,16 @@
 """Key layout of the original ``Wan2.1_VAE.pth`` versus diffusers' ``AutoencoderKLWan``.
 
 The mapping is written *from* each diffusers parameter name *to* the original name, derived from the
-module structure of the public Wan2.1 code (``wan/modules/vae.py``): the original encoder and decoder are
-flat ``nn.Sequential`` lists (``downsamples`` / ``upsamples``), each residual block is one
+module structure of the public Wan2.1 code (Wan-Video/Wan2.1@9737cba ``wan/modules/vae.py``): the original
+encoder and decoder are flat ``nn.Sequential`` lists (``downsamples`` / ``upsamples``), each residual block is one
 ``nn.Sequential`` named ``residual`` (RMS_norm, SiLU, conv, RMS_norm, SiLU, Dropout, conv), and the
 middle is ``[ResidualBlock, AttentionBlock, ResidualBlock]``. Going model -> file lets one function give
 both the conversion and the exact set of keys a valid file must have (for loud key checks), and lets the
 rule follow ``num_res_blocks`` instead of hard-coding the 2-block layout.
 
 Cross-checked in the tests against diffusers' own converter (``convert_wan_vae_to_diffusers`` in
-``diffusers/loaders/single_file_utils.py``, which hard-codes the Wan2.1 block indices).
+huggingface/diffusers@11307ce ``src/diffusers/loaders/single_file_utils.py``, which hard-codes the Wan2.1 block
+indices).
 """
 
 from __future__ import annotations

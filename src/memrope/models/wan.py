@@ -25,7 +25,7 @@ from torch import nn
 
 from ..cache.base import KVCache
 from ..cache.plan import CacheGeometry
-from .rope import Rope3D, apply_rope
+from ..rope import Rope3D, apply_rope
 from .wan_config import WanConfig
 from .wan_fused import (
     BlockModulation,

@@ -1,6 +1,6 @@
 """A real Wan2.1 bundle: Self-Forcing / LongLive / diffusers transformer + streaming Wan VAE + cached umT5.
 
-``memrope generate --model ...`` lands here through :func:`memrope.models.bundle.load_bundle`. The three
+``memrope generate --model ...`` lands here through :func:`memrope.models.loading.load_bundle`. The three
 parts come from two places: the transformer from ``--checkpoint`` (+ ``--lora``), the VAE and the text
 encoder from ``--wan-dir``, a Wan2.1-T2V-1.3B folder in either layout:
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .bundle import BundleOptions, ModelBundle
-from .checkpoints import load_transformer, read_dit_config
+from .checkpoints import load_transformer
 from .prompt_cache import PromptEmbeddingCache, encode_prompts_cached
 from .text import (
     DIFFUSERS_TEXT_ENCODER,
@@ -32,10 +32,12 @@ from .text import (
 )
 from .vae import ORIGINAL_VAE_FORMAT, WanStreamingDecoder, WanVAEConfig
 from .wan_config import WAN_CONFIGS
+from .wan_layout import read_dit_config
 from .weight_files import WeightFileError, read_state_dict
 
 PROMPT_CACHE_DIRNAME = ".memrope-prompt-cache"
-# File names of a Wan2.1-T2V folder (Wan2.1 ``configs``: ``vae_checkpoint``) and its diffusers copy.
+# File names of a Wan2.1-T2V folder (Wan-Video/Wan2.1@9737cba ``wan/configs``: ``vae_checkpoint``) and its
+# diffusers copy.
 WAN_VAE_FILE = "Wan2.1_VAE.pth"
 WAN_DIT_CONFIG = "config.json"
 DIFFUSERS_VAE, DIFFUSERS_TRANSFORMER = "vae", "transformer"

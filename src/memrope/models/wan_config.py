@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .rope import ROPE_MAX_POSITIONS, axis_split
+from ..rope import ROPE_MAX_POSITIONS, axis_split
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class WanConfig:
 WAN_CONFIGS: dict[str, WanConfig] = {
     "wan-1.3b": WanConfig(),
     # Embedded default (random or toy-trained weights): real-time on 2 CPU cores.
-    # Trained on the toy world (models/toy/train.py): 8x8x8 latents of the toy autoencoder, prompts of
+    # Trained on the toy world (memrope/world/train.py): 8x8x8 latents of the toy autoencoder, prompts of
     # up to 32 words; a 2048-entry RoPE table so that absolute-position policies (full, sink) can run
     # the 100x-training-window benchmark horizon (1200 latent frames) instead of failing.
     "toy": WanConfig(dim=128, num_layers=4, num_heads=4, ffn_dim=512, freq_dim=64, text_dim=64,

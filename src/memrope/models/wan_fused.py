@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .rope import apply_rope
+from ..rope import apply_rope
 
 if TYPE_CHECKING:
     from ..cache.base import KVCache

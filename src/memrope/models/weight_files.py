@@ -8,6 +8,7 @@ transformers folders). Every loader needs the same four guarantees, so they live
   was expected, instead of a bare pickle / zip traceback;
 - a state dict whose keys or shapes do not match the model raises with the first offending keys, before
   anything is copied into the model (nothing half-loaded);
+- training checkpoints (nested dicts with counters) are read with the same safety (``read_checkpoint``);
 - large files are memory-mapped where the format allows it, so a 11 GB umT5 checkpoint is not read twice.
 """
 
@@ -33,7 +34,7 @@ class WeightFileError(ValueError):
     """A weight file is missing, unreadable, or does not hold the layout the caller expects."""
 
 
-def _preview(keys: Iterable[str]) -> str:
+def preview(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:KEYS_SHOWN_IN_ERRORS])
     more = len(keys) - KEYS_SHOWN_IN_ERRORS
@@ -74,7 +75,7 @@ def read_state_dict(path: str | Path, expected_format: str) -> dict[str, torch.T
     if non_tensors or not all(isinstance(k, str) for k in obj):
         raise WeightFileError(
             f"{path}: not a flat state dict of tensors (non-tensor entries: "
-            f"{_preview(map(str, non_tensors))}); expected {expected_format}"
+            f"{preview(map(str, non_tensors))}); expected {expected_format}"
         )
     if not obj:
         raise WeightFileError(f"{path}: empty state dict; expected {expected_format}")
@@ -131,9 +132,9 @@ def check_state_dict(
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} keys: {_preview(missing)}")
+            parts.append(f"missing {len(missing)} keys: {preview(missing)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {_preview(unexpected)}")
+            parts.append(f"unexpected {len(unexpected)} keys: {preview(unexpected)}")
         raise WeightFileError(f"{source}: does not match {expected_format}; " + "; ".join(parts))
     wrong = [
         f"{k} {tuple(found[k].shape)} != {tuple(expected_shapes[k])}"
@@ -147,3 +148,39 @@ def check_state_dict(
             f"{source}: {len(wrong)} tensors have the wrong shape for {expected_format} "
             f"(wrong model size?): {shown}{f' (+{more} more)' if more > 0 else ''}"
         )
+
+
+def read_checkpoint(path: str | Path, expected_format: str) -> Mapping:
+    """A training checkpoint's top-level object: a (possibly nested) dict, never an executed pickle.
+
+    ``read_state_dict`` insists on a *flat* dict of tensors; training checkpoints nest state
+    dicts and carry ints (``step``), which ``torch.load(weights_only=True)`` reads safely too.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WeightFileError(f"{path}: is a folder, expected a file: {expected_format}")
+    if path.suffix == SAFETENSORS_SUFFIX or not path.is_file():
+        return read_state_dict(path, expected_format)  # flat by construction; also the missing-file error
+    try:  # zip-format checkpoints (torch >= 1.6) are memory-mapped: a 1.3B fp32 dict is not read twice
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
+        raise WeightFileError(
+            f"{path}: not a loadable PyTorch checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+            f"expected {expected_format}. Only weights are read (torch.load weights_only=True)."
+        ) from err
+    if not isinstance(obj, Mapping):
+        raise WeightFileError(f"{path}: holds a {type(obj).__name__}, not a dict; expected {expected_format}")
+    if not obj:
+        raise WeightFileError(f"{path}: holds an empty dict; expected {expected_format}")
+    return obj
+
+
+def tensor_dict(obj: Mapping, source: str, expected_format: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise WeightFileError(f"{source}: holds a {type(obj).__name__}, not a state dict; expected {expected_format}")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise WeightFileError(
+            f"{source}: not a flat state dict of tensors (other entries: {preview(bad)}); expected {expected_format}"
+        )
+    return dict(obj)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from memrope.models.toy.autoencoder import FrameAutoencoder, WorldDecoder, to_uint8
-from memrope.models.toy.clips import ClipConfig, ClipSource
 from memrope.models.toy.default import AUTOENCODER_PREFIX, read_weights
-from memrope.models.toy.prompts import parse_prompt
-from memrope.models.toy.truth import evaluate
+from memrope.world.clips import ClipConfig, ClipSource
+from memrope.world.prompts import parse_prompt
+from memrope.world.truth import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_load_default_returns_the_trained_model(bundle):
 def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(default, "WEIGHTS_FILE", tmp_path / "nope.safetensors")
     monkeypatch.setattr(default.read_weights, "__defaults__", (tmp_path / "nope.safetensors",))
-    with pytest.raises(FileNotFoundError, match="memrope.models.toy.train"):
+    with pytest.raises(FileNotFoundError, match="memrope.world.train"):
         default.load_default()
 
 

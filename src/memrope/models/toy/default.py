@@ -33,7 +33,7 @@ def read_weights(path: Path = WEIGHTS_FILE) -> tuple[dict[str, torch.Tensor], di
     if not path.is_file():
         raise FileNotFoundError(
             f"the embedded default model's weights are missing: {path} does not exist. Reinstall "
-            "memrope, or rebuild them with `python -m memrope.models.toy.train` (see MODEL_CARD.md)."
+            "memrope, or rebuild them with `python -m memrope.world.train` (see MODEL_CARD.md)."
         )
     tensors = {}
     with safe_open(str(path), framework="pt") as f:

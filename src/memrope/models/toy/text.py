@@ -12,9 +12,9 @@ import re
 
 import torch
 
-from .palette import BACKGROUND_COLOURS, OBJECT_COLOURS
-from .prompts import PATTERN_WORDS
-from .world import SHAPES, SIZE_FRACTIONS, SPEED_BANDS
+from ...world.palette import BACKGROUND_COLOURS, OBJECT_COLOURS
+from ...world.prompts import PATTERN_WORDS
+from ...world.world import SHAPES, SIZE_FRACTIONS, SPEED_BANDS
 
 WORD_SEED_BYTES = 8  # bytes of the word's SHA-256 used as its generator seed
 _WORD_SEPARATORS = re.compile(r"[\s,.]+")
@@ -110,4 +110,4 @@ def world_text_encoder(identity: str, text_len: int, text_dim: int) -> WorldText
             return encoder
     known = [WorldTextEncoder(text_len, text_dim, roles=r).identity for r in (True, False)]
     raise ValueError(f"weights were trained with text encoder {identity!r}, which this memrope does not "
-                     f"provide (known: {known}); retrain with `python -m memrope.models.toy.train`")
+                     f"provide (known: {known}); retrain with `python -m memrope.world.train`")

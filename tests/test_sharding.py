@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from memrope.distributed import (
+from memrope.sharding import (
     MANIFEST,
     is_done,
     marker_path,
@@ -76,7 +76,7 @@ def test_missing_output_is_an_error(tmp_path):
 WORKER = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from memrope.distributed import run_sharded
+    from memrope.sharding import run_sharded
 
     out, log_dir = Path(sys.argv[1]), Path(sys.argv[2])
     prompts = json.loads(Path(sys.argv[3]).read_text())

@@ -7,15 +7,15 @@ import time
 import numpy as np
 import pytest
 
-from memrope.models.toy.palette import (
+from memrope.world.palette import (
     BACKGROUND_COLOURS,
     COLOUR_TOLERANCE,
     OBJECT_COLOURS,
     background_rgb,
     object_rgb,
 )
-from memrope.models.toy.prompts import sample_spec
-from memrope.models.toy.raster import (
+from memrope.world.prompts import sample_spec
+from memrope.world.raster import (
     BACKGROUND_LABEL,
     RING_INNER_FRACTION,
     background_image,
@@ -23,7 +23,7 @@ from memrope.models.toy.raster import (
     render_clip,
     shape_mask,
 )
-from memrope.models.toy.world import (
+from memrope.world.world import (
     PATTERNS,
     BackgroundSpec,
     ObjectSpec,

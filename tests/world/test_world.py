@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memrope.models.toy.prompts import sample_spec
-from memrope.models.toy.world import (
+from memrope.world.prompts import sample_spec
+from memrope.world.world import (
     MAX_OBJECTS,
     BackgroundSpec,
     ObjectSpec,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memrope.models.toy.prompts import (
+from memrope.world.prompts import (
     VOCABULARY,
     build_world,
     format_prompt,
@@ -15,9 +15,9 @@ from memrope.models.toy.prompts import (
     sample_switch_prompt,
     switch_world,
 )
-from memrope.models.toy.raster import render_clip
-from memrope.models.toy.script import Timeline, render_script
-from memrope.models.toy.world import (
+from memrope.world.raster import render_clip
+from memrope.world.script import Timeline, render_script
+from memrope.world.world import (
     MAX_OBJECTS,
     SPEED_BANDS,
     BackgroundSpec,

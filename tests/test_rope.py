@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from memrope.models.rope import Rope3D, apply_rope, axis_split, shift_time, shift_time_, time_shift_rotation
+from memrope.rope import Rope3D, apply_rope, axis_split, shift_time, shift_time_, time_shift_rotation
 
 
 def test_wan_head_dim_split_is_44_42_42():

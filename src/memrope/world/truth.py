@@ -68,10 +68,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from memrope.models.toy.palette import COLOUR_TOLERANCE, OBJECT_COLOURS
-from memrope.models.toy.raster import background_image, shape_mask
-from memrope.models.toy.script import Timeline
-from memrope.models.toy.world import SHAPES, SIZE_FRACTIONS, WorldSpec
+from memrope.world.palette import COLOUR_TOLERANCE, OBJECT_COLOURS
+from memrope.world.raster import background_image, shape_mask
+from memrope.world.script import Timeline
+from memrope.world.world import SHAPES, SIZE_FRACTIONS, WorldSpec
 
 DEFAULT_SEGMENT_FRAMES = 16
 """Frames per segment: enough frames that an object is rarely hidden on all of them (identity NaN),

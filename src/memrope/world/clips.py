@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memrope.models.toy.prompts import format_prompt, sample_spec
-from memrope.models.toy.raster import render_clip
-from memrope.models.toy.world import (
+from memrope.world.prompts import format_prompt, sample_spec
+from memrope.world.raster import render_clip
+from memrope.world.world import (
     MAX_OBJECTS,
     MIN_FRAME_SIDE,
     REFERENCE_SIDE,

@@ -6,17 +6,16 @@ import torch
 from safetensors.torch import load_file
 
 from memrope.models.toy.autoencoder import FrameAutoencoder
-from memrope.models.toy.clips import ClipConfig, ClipSource
 from memrope.models.toy.text import WorldTextEncoder
-from memrope.models.toy.train import (
+from memrope.world.clips import ClipConfig, ClipSource
+from memrope.world.train import main, train
+from memrope.world.train_stages import (
     SMOKE,
     TrainConfig,
     build_transformer,
     clip_batch,
     diffusion_loss,
     encode_clips,
-    main,
-    train,
 )
 
 
@@ -74,7 +73,7 @@ def test_gradients_reach_the_keys_of_committed_context():
     from memrope.cache import KVCache, make_policy
 
     cache = KVCache(make_policy("full"), model.cache_geometry(1, (8, 8), 3), model.rope)
-    from memrope.models.toy.train import _fresh_cache_tensors
+    from memrope.world.train_stages import _fresh_cache_tensors
 
     cache.begin_chunk(3)
     _fresh_cache_tensors(cache)
@@ -98,7 +97,7 @@ def test_replaying_a_record_reproduces_the_weights(tmp_path):
 
 
 def test_schedule_warms_up_decays_and_stops():
-    from memrope.models.toy.train import LRSchedule
+    from memrope.world.train_stages import LRSchedule
 
     s = LRSchedule(1.0, warmup=10, max_steps=100)
     assert s.lr(0) == 0.1 and 0.95 < s.lr(9) <= 1.0
@@ -109,9 +108,9 @@ def test_schedule_warms_up_decays_and_stops():
 
 
 def test_canonical_start_is_valid_and_set_by_the_prompt_alone():
-    from memrope.models.toy.prompts import sample_spec
-    from memrope.models.toy.train import canonical_state
-    from memrope.models.toy.world import check_state
+    from memrope.world.prompts import sample_spec
+    from memrope.world.train_stages import canonical_state
+    from memrope.world.world import check_state
 
     for i in range(50):
         spec = sample_spec(i)
@@ -121,7 +120,7 @@ def test_canonical_start_is_valid_and_set_by_the_prompt_alone():
 
 
 def test_stage2_batch_scores_the_first_chunk_only_for_canonical_starts():
-    from memrope.models.toy.train import stage2_batch
+    from memrope.world.train_stages import stage2_batch
 
     cfg = TrainConfig(**{**SMOKE, "batch": 16, "canonical_share": 0.5})
     source = ClipSource(ClipConfig(n_frames=cfg.window), seed=0)
@@ -135,14 +134,14 @@ def test_stage2_batch_scores_the_first_chunk_only_for_canonical_starts():
 def test_warm_start_replay_rebuilds_the_whole_chain(tmp_path):
     """A run warm-started from another keeps that run's record, and replaying it rebuilds both runs
     bit for bit (the init run with its own, older words-only text encoder)."""
-    from memrope.models.toy.train import replay_chain
+    from memrope.world.train import replay_chain
 
     first = train(TrainConfig(**{**SMOKE, "text_roles": False}), tmp_path / "a.safetensors", tmp_path / "a",
                   log=lambda msg: None)
     second = train(TrainConfig(**SMOKE), tmp_path / "b.safetensors", tmp_path / "b", log=lambda msg: None,
                    init=tmp_path / "a.safetensors")
     assert second["init"]["steps_done"] == first["steps_done"] and second["ae_steps_done"] == 0
-    from memrope.models.toy.train import chain_summary
+    from memrope.world.train import chain_summary
 
     assert chain_summary(second) == {"runs": 2, "transformer_steps": 2 * SMOKE["steps"]}
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
@@ -154,7 +153,7 @@ def test_warm_start_replay_rebuilds_the_whole_chain(tmp_path):
 
 
 def test_degrade_is_identity_at_zero_and_blurs_and_fades_at_one():
-    from memrope.models.toy.train import degrade
+    from memrope.world.train_stages import degrade
 
     x = torch.randn(2, 8, 3, 8, 8)
     assert torch.equal(degrade(x, torch.zeros(2, 1, 1, 1, 1)), x)

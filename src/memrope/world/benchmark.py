@@ -1,6 +1,6 @@
 """Long-horizon drift benchmark of cache policies on the trained toy world model.
 
-``python -m memrope.models.toy.benchmark --out DIR`` generates, for every cache policy, one video
+``python -m memrope.world.benchmark --out DIR`` generates, for every cache policy, one video
 per seed with the embedded default model, scores every segment of it against the exact ground
 truth of its prompt's world (``truth.evaluate``) and writes:
 
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...cache import make_policy, policy_names
-from ...generate import GenerationConfig, StreamingGenerator
-from ..bundle import ModelBundle
-from .autoencoder import to_uint8
-from .default import load_default
+from ..cache import make_policy, policy_names
+from ..generate import GenerationConfig, StreamingGenerator
+from ..models.bundle import ModelBundle
+from ..models.toy.autoencoder import to_uint8
+from ..models.toy.default import load_default
 from .prompts import build_world, format_prompt, parse_prompt, sample_spec
 from .truth import TruthConfig, evaluate
 
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     import shlex
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m memrope.models.toy.benchmark",
+    p = argparse.ArgumentParser(prog="python -m memrope.world.benchmark",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--policies", nargs="+", default=None, help="default: every registered policy and preset")
     p.add_argument("--horizons", nargs="+", type=int, default=None,
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     given = argv if argv is not None else sys.argv[1:]
-    command = "python -m memrope.models.toy.benchmark " + " ".join(shlex.quote(a) for a in given)
+    command = "python -m memrope.world.benchmark " + " ".join(shlex.quote(a) for a in given)
 
     def write(result: dict) -> None:  # after every policy, so an interrupted run keeps its results
         result["command"] = command

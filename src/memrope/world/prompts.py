@@ -31,8 +31,8 @@ import re
 
 import numpy as np
 
-from memrope.models.toy.palette import BACKGROUND_COLOURS, OBJECT_COLOURS
-from memrope.models.toy.world import (
+from memrope.world.palette import BACKGROUND_COLOURS, OBJECT_COLOURS
+from memrope.world.world import (
     MAX_OBJECTS,
     PATTERNS,
     PLACEMENT_ATTEMPTS,

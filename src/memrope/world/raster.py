@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memrope.models.toy.palette import background_rgb, object_rgb
-from memrope.models.toy.world import CHECKER_CELLS, Trajectory, WorldSpec, WorldState, simulate
+from memrope.world.palette import background_rgb, object_rgb
+from memrope.world.world import CHECKER_CELLS, Trajectory, WorldSpec, WorldState, simulate
 
 RING_INNER_FRACTION = 0.55
 """Inner radius of a ring relative to its outer radius: thick enough (>= 2.6 px at 64x64, small)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from memrope.models.toy.clips import (
+from memrope.world.clips import (
     ClipConfig,
     ClipSource,
     from_model_range,
@@ -12,9 +12,9 @@ from memrope.models.toy.clips import (
     sample_clip,
     to_model_range,
 )
-from memrope.models.toy.prompts import parse_prompt
-from memrope.models.toy.raster import render_clip
-from memrope.models.toy.truth import TruthConfig, evaluate
+from memrope.world.prompts import parse_prompt
+from memrope.world.raster import render_clip
+from memrope.world.truth import TruthConfig, evaluate
 
 
 def test_clip_is_a_pure_function_of_its_seed():

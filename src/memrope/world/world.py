@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memrope.models.toy.palette import BACKGROUND_COLOURS, OBJECT_COLOURS
+from memrope.world.palette import BACKGROUND_COLOURS, OBJECT_COLOURS
 
 SHAPES = ("square", "disc", "triangle", "ring")
 """Object shapes. None is rotation invariant to the others, and objects never rotate."""

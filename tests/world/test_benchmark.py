@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from memrope.models.toy.benchmark import BenchmarkConfig, main, mean_ci, scored_segments
+from memrope.world.benchmark import BenchmarkConfig, main, mean_ci, scored_segments
 
 
 def test_scored_segments_cover_the_short_horizon_and_every_horizon_end():

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memrope.models.toy.prompts import build_world, switch_world
-from memrope.models.toy.raster import render_clip
-from memrope.models.toy.world import REFERENCE_SIDE, WorldSpec, WorldState
+from memrope.world.prompts import build_world, switch_world
+from memrope.world.raster import render_clip
+from memrope.world.world import REFERENCE_SIDE, WorldSpec, WorldState
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from memrope.models.toy.palette import OBJECT_COLOURS
-from memrope.models.toy.prompts import build_world, parse_prompt, sample_spec
-from memrope.models.toy.raster import BACKGROUND_LABEL, render, render_clip
-from memrope.models.toy.script import render_script
-from memrope.models.toy.truth import TruthConfig, evaluate
-from memrope.models.toy.world import initial_state
+from memrope.world.palette import OBJECT_COLOURS
+from memrope.world.prompts import build_world, parse_prompt, sample_spec
+from memrope.world.raster import BACKGROUND_LABEL, render, render_clip
+from memrope.world.script import render_script
+from memrope.world.truth import TruthConfig, evaluate
+from memrope.world.world import initial_state
 
 SEGMENT = 16
 N_FRAMES = 96

@@ -1,0 +1,1 @@
+"""One module per transformer checkpoint format; :mod:`memrope.models.checkpoints` dispatches."""
