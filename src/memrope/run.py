@@ -123,6 +123,20 @@ def _check_prompt_cache(bundle: Any, prompts: list[str], resuming: bool) -> None
     check_output_dir(cache_dir, "the prompt cache (--prompt-cache, default: inside --wan-dir)")
 
 
+def check_device(name: str | None, option: str) -> None:
+    """A device the machine has (``auto`` and ``None`` always do)."""
+    if name in (None, "auto"):
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{option} {name!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{option} {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} {name}: memrope runs on cpu or cuda devices")
+
+
 def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
     """Validate everything and build the run; raises UserError before any output exists."""
     from .cache import make_policy
@@ -133,6 +147,7 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
     from .schedule import schedule_from_data
     from .vocabulary import check_toy_prompt
 
+    check_device(settings["model"]["device"], "--device")
     try:
         schedule = schedule_from_data(settings["schedule"], "the schedule")
         if settings["model"]["model"] is None:
@@ -416,8 +431,6 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
         if prepared.n_chunks < done:
             raise UserError(f"{run_dir} already holds {done} chunks; a run cannot be shortened: give a --duration "
                             f"or --latent-frames of at least {done * settings['chunk_frames']} latent frames")
-        if manifest.complete and prepared.n_chunks == done:
-            return _already_complete(resume, outputs, settings, prepared)
         if done:
             try:
                 tensors, data = resume.run.load_state(manifest)
@@ -427,6 +440,8 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
                     from None
         if gen.chunks_emitted != done:
             raise UserError(f"{run_dir}: state is at chunk {gen.chunks_emitted} but the manifest at {done}")
+        if manifest.complete and prepared.n_chunks == done:
+            return _already_complete(resume, outputs, settings, prepared)
         # the prompt of the last chunk generated (one more than emitted when one awaits decoding)
         prompt_index = sum(1 for s in prepared.switches if s < gen.cache.clock.chunks)
         if prompt_index:
