@@ -169,6 +169,7 @@ class RunSummary:
         self.cache_bytes_max = self.cache_bytes_final = self.max_frame_pos = 0
         self._steady = LogCollapsingLowestDenseDDSketch(QUANTILE_ACCURACY, bin_limit=SKETCH_BINS)
         self._early = LogCollapsingLowestDenseDDSketch(QUANTILE_ACCURACY, bin_limit=SKETCH_BINS)
+        self._checkpoints = LogCollapsingLowestDenseDDSketch(QUANTILE_ACCURACY, bin_limit=SKETCH_BINS)
 
     def add(self, stats: dict[str, Any]) -> None:
         if self.chunks == 0:
@@ -180,6 +181,10 @@ class RunSummary:
         self.cache_bytes_max = max(self.cache_bytes_max, stats["cache_bytes"])
         self.cache_bytes_final = stats["cache_bytes"]
         self.max_frame_pos = max(self.max_frame_pos, stats["max_frame_pos"])
+
+    def add_checkpoint(self, ms: float) -> None:
+        """One checkpoint of this session took ``ms`` (segment closed, logs synced, state and manifest written)."""
+        self._checkpoints.add(max(ms, 1e-9))
 
     def latency(self, q: float) -> float | None:
         sketch = self._steady if self._steady.count else self._early
@@ -199,4 +204,11 @@ class RunSummary:
             "cache_bytes_final": self.cache_bytes_final,
             "max_frame_pos": self.max_frame_pos,
             "peak_rss_mb": round(peak_rss_mb, 1),
+            "checkpoints_this_session": int(self._checkpoints.count),
+            "checkpoint_median_ms": _quantile(self._checkpoints, 0.5),
+            "checkpoint_p90_ms": _quantile(self._checkpoints, 0.9),
         }
+
+
+def _quantile(sketch, q: float) -> float | None:
+    return round(sketch.get_quantile_value(q), 3) if sketch.count else None

@@ -271,8 +271,10 @@ class SessionSink:
     """Segments, the chunk log and checkpoints in a run directory; the final video is assembled from the
     segments. Holds at most one checkpoint interval of latents (``--save-latents``), nothing per run."""
 
-    def __init__(self, run: RunDirectory, manifest: Manifest, logs, generator, out: Path, settings: dict[str, Any]):
+    def __init__(self, run: RunDirectory, manifest: Manifest, logs, generator, out: Path, settings: dict[str, Any],
+                 summary: RunSummary):
         self.run, self.manifest, self.logs, self.generator, self.out = run, manifest, logs, generator, out
+        self.summary = summary
         self.fps, self.every = settings["fps"], settings["checkpoint_every"]
         self.save_latents, self.crf = settings.get("save_latents", False), settings["video"].get("crf")
         self.suffix = video_suffix(settings)
@@ -302,6 +304,7 @@ class SessionSink:
     def checkpoint(self) -> None:
         if self.writer is None:
             return
+        start = time.perf_counter()
         self.writer.close(sync=True)
         name = f"seg_{self.first_chunk:06d}{self.suffix}"
         if self.save_latents:
@@ -313,6 +316,7 @@ class SessionSink:
         self.run.checkpoint(self.manifest, Segment(name, self.first_chunk, self.chunks, self.writer.frames_written),
                             self.logs, tensors, data)
         self.writer, self.latents = None, []
+        self.summary.add_checkpoint((time.perf_counter() - start) * 1e3)
 
     def finish(self, complete: bool) -> int:
         self.checkpoint()
@@ -469,7 +473,7 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
                 run.write_manifest(manifest)
             for record in read_records(run.file(CHUNKS_LOG), manifest.chunks_log):
                 summary.add(record)
-        sink = SessionSink(run, manifest, logs, gen, out, settings)
+        sink = SessionSink(run, manifest, logs, gen, out, settings, summary)
     else:
         sink = DirectSink(out, settings["fps"], settings["video"].get("crf"))
     stats_file = StatsFile(outputs.stats, stats_header(gen, settings, prepared)) \
