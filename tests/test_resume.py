@@ -211,3 +211,37 @@ def test_crash_between_state_and_manifest_resumes_from_the_named_state(straight,
     assert torch.equal(latents(run_dir), latents(straight[1]))
     assert sorted(p.name for p in run_dir.glob("state_*")) == [manifest(run_dir)["state"]]
     assert named != manifest(run_dir)["state"]
+
+
+def test_a_finished_run_extended_equals_one_that_was_longer_from_the_start(straight, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    short = ["generate", "--policy", "memrope", "--latent-frames", str(3 * 30), "--out", str(out),
+             "--checkpoint-every", str(EVERY), "--save-latents", "--no-progress", "--seed", "11"]
+    assert main(short) == 0
+    run_dir = Path(str(out) + ".run")
+    assert manifest(run_dir)["complete"] and manifest(run_dir)["chunks_done"] == 30
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * CHUNKS), "--no-progress"]) == 0
+    got = manifest(run_dir)
+    assert got["complete"] and got["chunks_done"] == CHUNKS
+    assert [c["frames_sha256"] for c in chunk_stats(run_dir)] == [c["frames_sha256"] for c in chunk_stats(straight[1])]
+    assert torch.equal(latents(run_dir), latents(straight[1]))
+    assert count_frames(out) == count_frames(straight[0])
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * 30), "--no-progress"]) == 2
+    assert "cannot be shortened" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_extended_equals_one_that_was_longer_from_the_start(straight, tmp_path):
+    out = tmp_path / "v.mp4"
+    argv = ["generate", "--policy", "memrope", "--duration", "5", "--out", str(out), "--checkpoint-every",
+            str(EVERY), "--save-latents", "--no-progress", "--seed", "11"]
+    proc = start(argv)
+    run_dir = Path(str(out) + ".run")
+    wait_for_chunks(run_dir, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not manifest(run_dir)["complete"]
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * CHUNKS), "--no-progress"]) == 0
+    assert manifest(run_dir)["settings"]["latent_frames"] == 3 * CHUNKS
+    assert [c["frames_sha256"] for c in chunk_stats(run_dir)] == [c["frames_sha256"] for c in chunk_stats(straight[1])]
+    assert torch.equal(latents(run_dir), latents(straight[1]))
