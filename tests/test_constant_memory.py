@@ -89,8 +89,8 @@ def test_a_run_holds_no_more_python_objects_after_more_chunks(tmp_path, extra):
     run: the previous code held every chunk's statistics (a dict, lists, strings: ~3.8 KB a chunk) in
     lists and the manifest, which would show here as +160 dicts and lists. (tracemalloc is no judge at this scale:
     CPython's free lists keep freed tuples and floats, attributed to their first user, up to a bound.)"""
-    from memrope.generate_options import add_generate_arguments, request_from_args
     from memrope.errors.parser import Parser
+    from memrope.generate_options import add_generate_arguments, request_from_args
     from memrope.run import generate
 
     counts = {}
@@ -99,8 +99,8 @@ def test_a_run_holds_no_more_python_objects_after_more_chunks(tmp_path, extra):
         if stats["index"] + 1 in (40, 200):
             counts[stats["index"] + 1] = _live_objects()
 
-    args = add_generate_arguments(Parser()).parse_args(["--latent-frames", str(3 * 220), "--out", str(tmp_path / "v.mp4"),
-                                                        "--stats", str(tmp_path / "s.json"), *extra])
+    argv = ["--latent-frames", str(3 * 220), "--out", str(tmp_path / "v.mp4"), "--stats", str(tmp_path / "s.json")]
+    args = add_generate_arguments(Parser()).parse_args([*argv, *extra])
     assert generate(*request_from_args(args), progress=False, on_chunk=on_chunk) == 0
     grown = {k: (counts[40][k], v) for k, v in counts[200].items() if v > counts[40][k] + IN_FLIGHT}
     assert not grown, grown

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from memrope.schedule import load_prompt_list as read_prompts
 from memrope.sharding import (
     MANIFEST,
     is_done,
@@ -18,7 +19,6 @@ from memrope.sharding import (
     run_sharded,
     shard,
 )
-from memrope.schedule import load_prompt_list as read_prompts
 
 PROMPTS = [f"prompt number {i}" for i in range(11)]
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors.parser import Parser
 from .errors import UserError, guarded
+from .errors.parser import Parser
 from .generate_options import add_generate_arguments
 
 

@@ -41,10 +41,10 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .errors.parser import Parser
     from .cache import policy_names
-    from .generate_options import DEFAULT_PROMPT, add_generate_arguments, request_from_args
+    from .errors.parser import Parser
     from .errors.paths import check_output_dir
+    from .generate_options import DEFAULT_PROMPT, add_generate_arguments, request_from_args
     from .run import generate
     from .schedule import load_prompt_list, parse_inline
     from .vocabulary import check_toy_prompt

@@ -21,8 +21,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors.parser import Parser
 from .errors import UserError, guarded
+from .errors.parser import Parser
 from .generate_options import add_generate_arguments, request_from_args, settings_hash, video_suffix
 from .sharding import MANIFEST, run_sharded
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors.parser import non_negative_int, positive_float, positive_int
 from .errors import UserError
+from .errors.parser import non_negative_int, positive_float, positive_int
 
 ATTENTION_CHOICES = ("default", "auto", "flash", "efficient", "cudnn", "math")
 """``models.attention.CHOICES``, spelled out so that ``--help`` does not import torch (a test holds them equal)."""
@@ -138,6 +138,8 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
     return gen
 
 
+RESUME_KEYS = {"prompt": "schedule", "policy_opt": "policy_options", "crf": "video", "lossless": "video"}
+"""Options whose setting has another name (or is shared with another option)."""
 GIVEN_ON_RESUME = {"out", "stats", "no_progress", "latent_frames", "duration", "resume", "prompt_cache"}
 """Options that may accompany ``--resume`` freely: destinations, display, and a new (longer) length."""
 
@@ -249,7 +251,7 @@ def resume_request(args: argparse.Namespace, saved: dict[str, Any]) -> tuple[dic
     asked = settings_from_args(args, resuming=True)
     conflicts = []
     for dest in sorted(set(given) - GIVEN_ON_RESUME):
-        key = {"prompt": "schedule", "policy_opt": "policy_options", "crf": "video", "lossless": "video"}.get(dest, dest)
+        key = RESUME_KEYS.get(dest, dest)
         ours, theirs = (asked["model"].get(key), saved.get("model", {}).get(key)) if key in asked["model"] else \
             (asked.get(key), saved.get(key))
         if key == "attention" and saved.get("attention_requested", theirs) == ours:

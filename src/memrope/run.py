@@ -37,8 +37,8 @@ import torch
 from . import __version__
 from .chunk_log import RunSummary, copy_records, read_records
 from .errors import EXIT_INTERRUPTED, DiskFull, RunFailure, UserError
-from .generate_options import Outputs, settings_hash, video_suffix
 from .errors.paths import check_free_space, check_output_dir, check_output_file
+from .generate_options import Outputs, settings_hash, video_suffix
 from .session import (
     CHUNKS_LOG,
     LEGACY_VERSION,

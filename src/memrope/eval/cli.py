@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memrope.errors.parser import Parser, non_negative_float, positive_float, positive_int
 from memrope.errors import UserError, guarded
+from memrope.errors.parser import Parser, non_negative_float, positive_float, positive_int
 from memrope.eval.config import VBENCH_LONG_CLIP_SECONDS, EvalConfig
 
 
@@ -67,8 +67,8 @@ def check_video(path: Path) -> None:
     """A readable video file, or a one-line ``UserError`` saying what it is instead."""
     import av
 
-    from memrope.eval.reader import probe_video
     from memrope.errors.paths import check_input_file
+    from memrope.eval.reader import probe_video
 
     check_input_file(path, "video")
     try:
