@@ -218,6 +218,7 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
         lora=options.lora,
         lora_rank=options.lora_rank,
         lora_alpha=options.lora_alpha,
+        lora_mode=options.lora_mode,
         use_ema=options.use_ema,
         size=None,
         config_fallback=fallback,
