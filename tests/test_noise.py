@@ -164,7 +164,8 @@ def test_generator_resumes_the_reference_noise_exactly(tiny_model, tiny_text, ba
     head = [first.next_chunk().latents for _ in range(2)]
     tensors, data = first.state_dict()
     data = json_roundtrip(data)  # as a run directory stores it
-    assert {k for k in tensors if k.startswith("noise.")} == {"noise.renoise", *(f"noise.initial.{b}" for b in range(batch))}
+    expected = {"noise.renoise", *(f"noise.initial.{b}" for b in range(batch))}
+    assert {k for k in tensors if k.startswith("noise.")} == expected
     resumed = reference_generator(tiny_model, text, batch=batch)
     resumed.load_state_dict(tensors, data)
     tail = [resumed.next_chunk().latents for _ in range(2)]

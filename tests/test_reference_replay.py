@@ -119,7 +119,8 @@ def test_generate_with_reference_noise_gives_the_reference_latents():
     assert not torch.equal(per_chunk.next_chunk().latents, ours[:, :, :BLOCK])  # the noise made the difference
 
 
-@pytest.mark.parametrize("sampler", [SamplerConfig(), SamplerConfig(shift=8.0), SamplerConfig(steps=(1000, 500), warp=False),
+@pytest.mark.parametrize("sampler", [SamplerConfig(), SamplerConfig(shift=8.0),
+                                     SamplerConfig(steps=(1000, 500), warp=False),
                                      SamplerConfig(steps=(1000, 960, 333, 17), shift=3.0)])
 def test_reference_steps_are_the_schedulers(sampler):
     scheduler = ReferenceScheduler(shift=sampler.shift)

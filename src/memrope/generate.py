@@ -182,7 +182,8 @@ class StreamingGenerator:
         draws = [torch.randn(shape, generator=gen) for _ in self.timesteps]
         return [d.to(device=self.device, dtype=self.dtype) for d in draws]
 
-    def _step(self, step: int, x: torch.Tensor, v: torch.Tensor, noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, step: int, x: torch.Tensor, v: torch.Tensor,
+              noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """x0 from the velocity at pass ``step``, and the next pass's input (x0 re-noised; x0 after the last)."""
         last = step + 1 == len(self.timesteps)
         if self._reference is not None:  # the reference's arithmetic (sampling.reference_steps)

@@ -79,7 +79,8 @@ class ReferenceNoise:
         if batch < 1 or frames < 1 or len(frame_shape) != 3 or min(frame_shape) < 1:
             raise ValueError(f"reference noise needs batch, frames and frame shape >= 1, got {batch}, {frames}, "
                              f"{frame_shape}")
-        self.seed, self.batch, self.frame_shape, self.frames, self.dtype = seed, batch, tuple(frame_shape), frames, dtype
+        self.seed, self.batch, self.frames, self.dtype = seed, batch, frames, dtype
+        self.frame_shape = tuple(frame_shape)
         self.frame_numel = math.prod(frame_shape)
         self.chunked = self.frame_numel % NORMAL_BLOCK == 0 and pieces_equal_whole(dtype)
         self.drawn = 0  # latent frames of initial noise handed out
