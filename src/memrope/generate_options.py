@@ -28,6 +28,9 @@ ATTENTION_CHOICES = ("default", "auto", "flash", "efficient", "cudnn", "math")
 """``models.attention.CHOICES``, spelled out so that ``--help`` does not import torch (a test holds them equal)."""
 MODEL_CHOICES = ("self-forcing", "longlive", "diffusers")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+NOISE_CHOICES = ("chunk", "reference")  # generate.NOISE_MODES
+PIXEL_CHOICES = ("truncate", "round")  # models.pixels.PIXEL_MODES
+LORA_MODE_CHOICES = ("merged", "unmerged")  # models.lora_linear.LORA_MODES
 
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 DEFAULT_CRF = 18  # x264 quality: visually lossless-ish
@@ -36,11 +39,11 @@ REAL_MODEL_HW = (480, 832)  # Wan2.1-T2V-1.3B's trained 832x480
 DEFAULTS: dict[str, Any] = {
     "policy": "memrope", "seed": 0, "prompt": DEFAULT_PROMPT, "chunk_frames": 3, "fps": 16, "crf": DEFAULT_CRF,
     "attention": "default", "height": REAL_MODEL_HW[0], "width": REAL_MODEL_HW[1], "device": "auto",
-    "dtype": "auto",
+    "dtype": "auto", "noise": "chunk", "pixels": "truncate", "lora_mode": "merged",
 }
 MODEL_ONLY = {"checkpoint": "--checkpoint", "wan_dir": "--wan-dir", "lora": "--lora", "lora_rank": "--lora-rank",
-              "lora_alpha": "--lora-alpha", "use_ema": "--no-ema", "height": "--height", "width": "--width",
-              "prompt_cache": "--prompt-cache"}
+              "lora_alpha": "--lora-alpha", "lora_mode": "--lora-mode", "use_ema": "--no-ema", "height": "--height",
+              "width": "--width", "prompt_cache": "--prompt-cache"}
 """Options only a real model reads: refused without ``--model`` instead of silently ignored."""
 
 LENGTH_KEYS = ("latent_frames", "duration")
@@ -81,6 +84,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
     prompt.add_argument("--prompts", type=Path, metavar="FILE",
                         help="not for generate: a list of prompts, one video each, is `memrope generate-many "
                              "--prompts FILE` or `memrope compare --prompts FILE`; one video's schedule is --schedule")
+    gen.add_argument("--noise", choices=NOISE_CHOICES,
+                     help="chunk: one CPU generator per (seed, chunk); reference: the MemRoPE reference's draws "
+                          "(one generator, the whole video's initial noise first, then every re-noise) and its "
+                          "sampler arithmetic, drawn chunk by chunk in constant memory" + _d("noise"))
+    gen.add_argument("--pixels", choices=PIXEL_CHOICES,
+                     help="uint8 quantisation of the decoded frames: truncate (Wan's and Self-Forcing's "
+                          "videos) or round" + _d("pixels"))
     gen.add_argument("--chunk-frames", type=positive_int, metavar="N",
                      help="latent frames generated per chunk (the models are trained with 3)" + _d("chunk_frames"))
     gen.add_argument("--fps", type=positive_int, help="frames per second of the video" + _d("fps"))
@@ -120,7 +130,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                        "diffusers transformer folder / .safetensors")
     model.add_argument("--wan-dir", type=Path, help="Wan2.1-T2V-1.3B folder (VAE, umT5, tokenizer), "
                        "original or diffusers layout")
-    model.add_argument("--lora", type=Path, help="LongLive lora.pt (merged into the weights)")
+    model.add_argument("--lora", type=Path, help="LongLive lora.pt")
+    model.add_argument("--lora-mode", choices=LORA_MODE_CHOICES,
+                       help="merged: W + s B A folded into the weights (fastest); unmerged: adapters computed "
+                            "as PEFT does in the run dtype (LongLive's and the reference's values)" + _d("lora_mode"))
     model.add_argument("--lora-rank", type=positive_int, help="override the LoRA rank (default: the file's)")
     model.add_argument("--lora-alpha", type=positive_float, help="override the LoRA alpha (default: the file's)")
     model.add_argument("--no-ema", dest="use_ema", action="store_false", default=None,
@@ -199,7 +212,8 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
     real = args.model is not None or resuming
     return {
         "policy": pick("policy"), "policy_options": policy_options, "seed": pick("seed"),
-        "schedule": _schedule(args), "latent_frames": args.latent_frames, "duration": args.duration,
+        "schedule": _schedule(args), "noise": pick("noise"),
+        "latent_frames": args.latent_frames, "duration": args.duration,
         "chunk_frames": pick("chunk_frames"), "fps": pick("fps"),
         "checkpoint_every": args.checkpoint_every or 0, "save_latents": bool(args.save_latents),
         "overlap_decode": args.overlap_decode is not False, "attention": pick("attention"),
@@ -208,7 +222,8 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema is not False, "height": pick("height") if real else None,
                   "width": pick("width") if real else None, "device": pick("device"), "dtype": pick("dtype"),
-                  "prompt_cache": path(args.prompt_cache), "decode_device": args.decode_device},
+                  "prompt_cache": path(args.prompt_cache), "decode_device": args.decode_device,
+                  "pixels": pick("pixels"), "lora_mode": pick("lora_mode")},
     }
 
 

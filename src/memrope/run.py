@@ -52,6 +52,9 @@ from .session import (
 )
 
 WARMUP_CHUNKS = 2  # chunks left out of the steady-state latency summary
+# What a manifest written before these settings existed was made with (its run resumes the same way).
+LEGACY_SETTINGS = {"noise": "chunk"}
+LEGACY_MODEL_SETTINGS = {"pixels": "round", "lora_mode": "merged"}
 DEFAULT_SECONDS = 10.0  # video length when neither a length nor a timed schedule is given
 CHECKPOINT_SLACK_BYTES = 1 << 20  # manifest, log lines and file-system overhead of one checkpoint
 RESUMED_OUT = "video"  # stem of the assembled video inside a run directory not named OUT.run
@@ -147,6 +150,10 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
     from .schedule import schedule_from_data
     from .vocabulary import check_toy_prompt
 
+    for key, value in LEGACY_SETTINGS.items():
+        settings.setdefault(key, value)
+    for key, value in LEGACY_MODEL_SETTINGS.items():
+        settings["model"].setdefault(key, value)
     check_device(settings["model"]["device"], "--device")
     try:
         schedule = schedule_from_data(settings["schedule"], "the schedule")
@@ -175,7 +182,9 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
     if starts[-1] >= n_chunks:
         raise UserError(f"the prompt schedule starts segment {len(starts)} at chunk {starts[-1]}, but the "
                         f"video has only {n_chunks} chunks; lengthen --duration or shorten the schedule")
-    config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=chunk, seed=settings["seed"])
+    reference = settings["noise"] == "reference"
+    config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=chunk, seed=settings["seed"],
+                              noise=settings["noise"], noise_frames=n_latent if reference else None)
     _check_prompt_cache(bundle, [seg.prompt for seg in schedule.segments], resuming)
     try:
         texts = []
@@ -241,7 +250,9 @@ class StatsFile:
 def stats_header(gen: Any, settings: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
     return {"memrope": __version__, "run": json.loads(json.dumps(gen.describe(), default=str)),
             "attention": {"kernel": gen.attention.name, "auto_timings_ms": gen.attention.timings_ms},
-            "video": settings["video"], "prompts": settings["schedule"], "prompt_starts": prepared.starts}
+            "video": settings["video"], "noise": settings["noise"], "pixels": settings["model"]["pixels"],
+            "lora_mode": settings["model"]["lora_mode"] if settings["model"].get("lora") else None,
+            "prompts": settings["schedule"], "prompt_starts": prepared.starts}
 
 
 # --------------------------------------------------------------------------- sinks
@@ -343,6 +354,8 @@ def migrate_v1_settings(old: dict[str, Any]) -> tuple[dict[str, Any], str]:
     schedule (frozen by version 1 too) kept, the codec version 1 always used made explicit."""
     settings = {k: v for k, v in old.items() if k not in ("out", "stats", "run_dir", "prompts_file", "prompt")}
     settings.setdefault("video", {"codec": "h264", "crf": 18})
+    settings.update({k: settings.get(k, v) for k, v in LEGACY_SETTINGS.items()})
+    settings["model"] = {**LEGACY_MODEL_SETTINGS, **settings.get("model", {})}
     if not isinstance(settings.get("schedule"), list):
         raise SessionError("the version-1 manifest holds no frozen prompt schedule; it cannot be resumed")
     return settings, settings_hash(settings, length=False)
@@ -398,6 +411,16 @@ def preflight_outputs(settings: dict[str, Any], outputs: Outputs, new_run_dir: b
                             f"or choose another --run-dir")
 
 
+def resume_chunks(resume: OpenRun, prepared: Prepared) -> int:
+    """The length, in chunks, the saved run was planned with."""
+    saved = resume.manifest.settings
+    chunk = saved["chunk_frames"]
+    if saved.get("latent_frames") is not None:
+        return saved["latent_frames"] // chunk
+    seconds = saved.get("duration") or prepared.schedule.total_seconds or DEFAULT_SECONDS
+    return latent_frames_for(seconds, saved["fps"], prepared.bundle.decoder.temporal_stride, chunk) // chunk
+
+
 def _already_complete(resume: OpenRun, outputs: Outputs, settings: dict[str, Any], prepared: Prepared) -> int:
     """A finished run asked for again at its length: its video (if missing) and statistics, nothing else."""
     run, manifest = resume.run, resume.manifest
@@ -432,6 +455,10 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
     done = manifest.chunks_done if manifest else 0
     out, run_dir = outputs.out, outputs.run_dir
     if resume is not None:
+        if length and settings["noise"] == "reference" and prepared.n_chunks != resume_chunks(resume, prepared):
+            raise UserError(f"{run_dir} draws the reference's noise (--noise reference: the whole video's initial "
+                            f"noise first), which depends on the video's length; it cannot be made longer or "
+                            f"shorter: start a new run")
         if prepared.n_chunks < done:
             raise UserError(f"{run_dir} already holds {done} chunks; a run cannot be shortened: give a --duration "
                             f"or --latent-frames of at least {done * settings['chunk_frames']} latent frames")
