@@ -205,6 +205,8 @@ def generate_cases() -> list[Case]:
     gen("--latent-frames not whole chunks", ("--latent-frames", "10"), r"multiple of the chunk \(3\); use 9 or 12")
     # unknown names
     for option, value, pattern in (("--policy", "nope", "unknown cache policy 'nope'"),
+                                   ("--noise", "gpu", "argument --noise: invalid choice"),
+                                   ("--pixels", "floor", "argument --pixels: invalid choice"),
                                    ("--policy-opt", "bogus", "must look like key=value"),
                                    ("--policy-opt", "cache_sise=12", r"unknown option\(s\) cache_sise"),
                                    ("--attention", "fastest", "argument --attention: invalid choice"),
@@ -228,6 +230,7 @@ def generate_cases() -> list[Case]:
                           (("--height", "64", "--width", "64"), "--height, --width need --model"),
                           (("--wan-dir", f"{S}/folder", "--no-ema"), "--wan-dir, --no-ema need --model"),
                           (("--prompt-cache", f"{T}/cache"), "--prompt-cache needs --model"),
+                          (("--lora-mode", "unmerged"), "--lora-mode needs --model"),
                           (("--model", "self-forcing"), "needs --checkpoint and --wan-dir"),
                           (("--model", "self-forcing", "--checkpoint", f"{S}/afile.txt", "--wan-dir", f"{S}/nope"),
                            "no such folder")):
@@ -261,6 +264,8 @@ def resume_cases() -> list[Case]:
                           (("--checkpoint-every", "5"), r"--checkpoint-every \(5; the run has 1\)"),
                           (("--crf", "30"), r"--crf \("), (("--fps", "8"), r"--fps \(8"),
                           (("--chunk-frames", "1"), r"--chunk-frames \(1"),
+                          (("--noise", "reference"), r"--noise \(\"reference\"; the run has \"chunk\"\)"),
+                          (("--pixels", "round"), r"--pixels \(\"round\"; the run has \"truncate\"\)"),
                           (("--policy", "full", "--seed", "2"), r"--policy .*; --seed .*Remove these options"),
                           (("--run-dir", "{T}/x"), "--run-dir conflicts with --resume"),
                           (("--latent-frames", "3"), "a run cannot be shortened"),

@@ -224,3 +224,17 @@ def test_version_1_run_directories_still_resume(made, tmp_path):
                  "--no-progress"]) == 0
     sha = lambda d: [json.loads(x)["frames_sha256"] for x in (d / CHUNKS_LOG).read_bytes().splitlines()]  # noqa: E731
     assert sha(run) == sha(tmp_path / "s.mp4.run")
+
+
+def test_a_reference_noise_run_cannot_change_length(tmp_path, capsys):
+    """--noise reference draws the whole video's initial noise first: a longer video has other noise from
+    chunk 0 on, so extending the run could not equal a longer run; it is refused."""
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--latent-frames", "6", "--noise", "reference", "--out", str(out),
+                 "--checkpoint-every", "1", "--no-progress"]) == 0
+    run = tmp_path / "v.mp4.run"
+    before = (run / MANIFEST).read_bytes()
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(run), "--latent-frames", "9", "--no-progress"]) == 2
+    assert "cannot be made longer or shorter" in capsys.readouterr().err
+    assert (run / MANIFEST).read_bytes() == before
