@@ -225,3 +225,22 @@ def test_compare_says_which_video_of_how_many(tmp_path, capsys):
                         str(tmp_path / "cmp"), "--no-progress"], capsys)
     assert code == 0, err
     assert "video 1 of 2: memrope" in err and "video 2 of 2: sliding_window" in err
+
+
+def test_eval_progress_bar_knows_its_total_for_a_streamed_mp4(tmp_path, monkeypatch):
+    """A fragmented MP4 declares no frame count, only a duration: the bar's total comes from it."""
+    import numpy as np
+
+    import memrope.eval.analysis as analysis
+    from memrope.eval.reader import probe_video
+    from memrope.video import VideoWriter
+
+    path = tmp_path / "v.mp4"
+    with VideoWriter(path, fps=16) as writer:
+        writer.write(np.zeros((40, 16, 16, 3), dtype=np.uint8))
+    assert probe_video(path).frame_count == 0  # what made the bar total-less
+    totals = []
+    real = analysis.tqdm
+    monkeypatch.setattr(analysis, "tqdm", lambda *a, **k: totals.append(k.get("total")) or real(*a, **k))
+    analysis.analyze_video(path, progress=False)
+    assert totals == [40]

@@ -9,7 +9,7 @@ A log's committed prefix is a :class:`LogMark`: its length in bytes and lines an
 its lines (``sha256(previous + line)``, so the chain costs one hash per line to extend and a manifest
 can record it in constant size). A run directory's manifest stores the mark of each log at every
 checkpoint; on resume the log is checked against the mark and cut back to it, discarding lines written
-after the last checkpoint.
+after the last checkpoint. :class:`StatsFile` writes ``--stats`` as one JSON document, streamed.
 """
 
 from __future__ import annotations
@@ -212,3 +212,32 @@ class RunSummary:
 
 def _quantile(sketch, q: float) -> float | None:
     return round(sketch.get_quantile_value(q), 3) if sketch.count else None
+
+
+class StatsFile:
+    """``--stats FILE``: one JSON document ``{..., "chunks": [...], "summary": {...}}``, written as a stream
+    (chunks are never held), to ``FILE.tmp`` renamed into place when the summary is known."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.file = open(self.tmp, "w", encoding="utf-8")
+        head = json.dumps(header, indent=1, default=str)
+        self.file.write(head[:-1].rstrip() + ',\n "chunks": [\n')
+        self.first = True
+
+    def chunk(self, stats: dict[str, Any]) -> None:
+        self.file.write(("" if self.first else ",\n") + json.dumps(stats, separators=(",", ":"), default=str))
+        self.first = False
+        self.file.flush()
+
+    def copy_log(self, log: Path, mark) -> None:
+        copy_records(log, self.file, mark)
+        self.first = self.first and mark.lines == 0
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.file.write('\n ],\n "summary": ' + json.dumps(summary) + "\n}\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)

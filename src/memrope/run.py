@@ -23,7 +23,6 @@ import errno
 import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .chunk_log import RunSummary, copy_records, read_records
+from .chunk_log import RunSummary, StatsFile, read_records
 from .errors import EXIT_INTERRUPTED, DiskFull, RunFailure, UserError
 from .errors.paths import check_free_space, check_output_dir, check_output_file
 from .generate_options import Outputs, settings_hash, video_suffix
@@ -218,35 +217,6 @@ def checkpoint_bytes(gen: Any) -> int:
 
 
 # --------------------------------------------------------------------------- statistics
-class StatsFile:
-    """``--stats FILE``: one JSON document ``{..., "chunks": [...], "summary": {...}}``, written as a stream
-    (chunks are never held), to ``FILE.tmp`` renamed into place when the summary is known."""
-
-    def __init__(self, path: Path, header: dict[str, Any]):
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.file = open(self.tmp, "w", encoding="utf-8")
-        head = json.dumps(header, indent=1, default=str)
-        self.file.write(head[:-1].rstrip() + ',\n "chunks": [\n')
-        self.first = True
-
-    def chunk(self, stats: dict[str, Any]) -> None:
-        self.file.write(("" if self.first else ",\n") + json.dumps(stats, separators=(",", ":"), default=str))
-        self.first = False
-        self.file.flush()
-
-    def copy_log(self, log: Path, mark) -> None:
-        copy_records(log, self.file, mark)
-        self.first = self.first and mark.lines == 0
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self.file.write('\n ],\n "summary": ' + json.dumps(summary) + "\n}\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-
 def stats_header(gen: Any, settings: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
     return {"memrope": __version__, "run": json.loads(json.dumps(gen.describe(), default=str)),
             "attention": {"kernel": gen.attention.name, "auto_timings_ms": gen.attention.timings_ms},
