@@ -48,6 +48,8 @@ def sandbox(tmp_path_factory):
     (root / "afile.txt").write_text("just text\n")
     (root / "folder").mkdir()
     (root / "readonly").mkdir()
+    (root / "unreadable.txt").write_text("a red disc\n")  # os.access answers: no read permission
+    shutil.copy(root / "unreadable.txt", root / "unreadable.mp4")
     with VideoWriter(root / "video.mp4", fps=16) as w:
         w.write(np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8))
     (root / "text.mp4").write_text("not a video\n")
@@ -83,12 +85,15 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
 
 @pytest.fixture
 def readonly(sandbox, monkeypatch):
-    """``sandbox/readonly`` answers as a read-only folder."""
+    """``sandbox/readonly`` answers as a read-only folder, ``sandbox/unreadable*`` as files without read
+    permission (what ``os.access`` says for another user's file or a read-only mount, root included)."""
     real = os.access
-    ro = str(sandbox / "readonly")
+    ro, unreadable = str(sandbox / "readonly"), str(sandbox / "unreadable")
 
     def access(path, mode, *args, **kwargs):
         if mode & os.W_OK and os.path.abspath(path).startswith(ro):
+            return False
+        if mode & os.R_OK and os.path.abspath(path).startswith(unreadable):
             return False
         return real(path, mode, *args, **kwargs)
 
@@ -193,7 +198,8 @@ def generate_cases() -> list[Case]:
                                 ("a folder", f"{S}/folder", "does not exist"),
                                 ("not JSON", f"{S}/broken.json", "not valid JSON"),
                                 ("not a list", f"{S}/not_a_list.json", "expected a list"),
-                                ("binary", f"{S}/binary.bin", r"(not a text file|utf-8|empty prompt|codec)")):
+                                ("binary", f"{S}/binary.bin", "is not a text file"),
+                                ("unreadable", f"{S}/unreadable.txt", "cannot be read")):
         gen(f"--schedule {kind}", ("--schedule", path), pattern)
     # bad numbers
     for option, values in (("--latent-frames", ("x", "0", "-3", "1.5")), ("--duration", ("x", "0", "-1", "nan", "inf")),
@@ -286,6 +292,7 @@ def other_cases() -> list[Case]:
     # eval
     ev = ("eval", f"{S}/video.mp4", "--out", f"{T}/report", "--no-progress")
     for video, pattern in ((f"{S}/nope.mp4", "does not exist"), (f"{S}/folder", "is not a file"),
+                           (f"{S}/unreadable.mp4", "cannot be read"),
                            (f"{S}/text.mp4", "is not a readable video"),
                            (f"{S}/binary.bin", "is not a readable video")):
         cases.append(Case(f"eval: video {Path(video).name}", ("eval", video, "--out", f"{T}/report"), pattern))
@@ -319,7 +326,7 @@ def other_cases() -> list[Case]:
     for prompts, pattern in ((f"{S}/nope.txt", "does not exist"), (f"{S}/folder", "does not exist or is not a file"),
                              (f"{S}/comments.txt", "holds no prompt"), (f"{S}/bad_words.txt", r"line 2: .*'cat'"),
                              (f"{S}/broken.json", "not valid JSON"), (f"{S}/not_a_list.json", "expected a list"),
-                             (f"{S}/binary.bin", "not a text file")):
+                             (f"{S}/binary.bin", "not a text file"), (f"{S}/unreadable.txt", "cannot be read")):
         cases.append(Case(f"generate-many: --prompts {Path(prompts).name}",
                           ("generate-many", "--prompts", prompts, "--out-dir", f"{T}/many"), pattern))
     for out, pattern in ((f"{S}/afile.txt", "is a file, not a folder"), (f"{S}/afile.txt/m", "is a file, not a folder"),
@@ -341,6 +348,7 @@ def other_cases() -> list[Case]:
     for argv, pattern in ((("--policies", "nope"), r"unknown policies \['nope'\]"),
                           (("--prompts", f"{S}/nope.txt"), "does not exist"),
                           (("--prompts", f"{S}/bad_words.txt"), "does not know 'cat'"),
+                          (("--prompts", f"{S}/unreadable.txt"), "cannot be read"),
                           (("--prompt", "a cat"), "does not know 'cat'"), (("--seeds", "0"), "argument --seeds"),
                           (("--segment-seconds", "0"), "argument --segment-seconds")):
         cases.append(Case(f"compare: {' '.join(argv).replace(S, '')}", (*cmp, *argv), pattern))
@@ -353,6 +361,7 @@ def other_cases() -> list[Case]:
     for argv, pattern in ((("--prompt", "x"), "no Wan VAE found"),
                           (("--prompts", f"{S}/nope.txt"), "does not exist"),
                           (("--prompts", f"{S}/comments.txt"), "holds no prompt"),
+                          (("--prompts", f"{S}/unreadable.txt"), "cannot be read"),
                           (("--schedule", f"{S}/broken.json"), "not valid JSON"),
                           (("--prompt", "x", "--device", "bogus"), "bogus"),
                           (("--prompt", "x", "--dtype", "float16"), "argument --dtype"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,14 @@ def load_schedule(path: str | Path) -> PromptSchedule:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt schedule file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"prompt schedule {path} cannot be read (no permission)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt schedule {path} is not a text file (UTF-8)") from None
+    except OSError as e:
+        raise ValueError(f"prompt schedule {path} cannot be read ({e.strerror})") from None
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         if path.suffix.lower() == ".json":
             try:
@@ -138,10 +146,14 @@ def load_prompt_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--prompts {path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"--prompts {path} cannot be read (no permission)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"--prompts {path} is not a text file (UTF-8)") from None
+    except OSError as e:
+        raise ValueError(f"--prompts {path} cannot be read ({e.strerror})") from None
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         import yaml
 
