@@ -313,7 +313,7 @@ def other_cases() -> list[Case]:
                           (("--chunks", "0"), "argument --chunks"), (("--chunks", "x"), "argument --chunks"),
                           (("--warmup", "-1"), "argument --warmup"), (("--warmup", "3"), r"--chunks \(3\) must exceed"),
                           (("--latent", "0x4"), "argument --latent"), (("--latent", "big"), "argument --latent"),
-                          (("--matmul-n", "0"), "argument --matmul-n"), (("--device", "cuda"), "requested but"),
+                          (("--matmul-n", "0"), "argument --matmul-n"), (("--device", "cuda:99"), "requested but"),
                           (("--device", "bogus"), "bogus"), (("--dtype", "int8"), "argument --dtype: invalid choice"),
                           (("--order", "random"), "argument --order"), (("--decoder", "vq"), "argument --decoder"),
                           (("--attention", "x"), "argument --attention"),
