@@ -8,9 +8,8 @@ checkpoint at 1,000 and 20,000 chunks of the embedded model, in fresh processes.
 
 from __future__ import annotations
 
-import collections
-import gc
 import json
+import os
 import subprocess
 import sys
 
@@ -78,32 +77,39 @@ def test_the_generator_holds_the_same_after_twice_the_chunks(name, tiny_model, t
     assert 0 <= long["state_json"] - short["state_json"] <= JSON_DIGITS_SLACK
 
 
-def _live_objects() -> collections.Counter:
-    gc.collect()
-    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+LIVE_OBJECTS = """
+import collections, gc, json, sys
+from memrope.errors.parser import Parser
+from memrope.generate_options import add_generate_arguments, request_from_args
+from memrope.run import generate
+
+marks, counts = (40, 200), {}
+
+def on_chunk(stats):
+    if stats["index"] + 1 in marks:
+        gc.collect()
+        counts[stats["index"] + 1] = collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+args = add_generate_arguments(Parser()).parse_args(sys.argv[1:])
+assert generate(*request_from_args(args), progress=False, on_chunk=on_chunk) == 0
+print(json.dumps({k: (counts[40][k], v) for k, v in counts[200].items() if v != counts[40][k]}))
+"""
 
 
 @pytest.mark.parametrize("extra", [(), ("--checkpoint-every", "10")], ids=["direct", "run directory"])
 def test_a_run_holds_no_more_python_objects_after_more_chunks(tmp_path, extra):
-    """Live (garbage-collected) objects by type at chunk 40 and at chunk 200 of one ``memrope generate``
-    run: the previous code held every chunk's statistics (a dict, lists, strings: ~3.8 KB a chunk) in
-    lists and the manifest, which would show here as +160 dicts and lists. (tracemalloc is no judge at this scale:
+    """Live (garbage-collected) objects by type at chunk 40 and at chunk 200 of one run, in a fresh process:
+    the previous code held every chunk's statistics (a dict, lists, strings: ~3.8 KB a chunk) in lists and
+    the manifest, which would show here as +160 dicts and lists. (tracemalloc is no judge at this scale:
     CPython's free lists keep freed tuples and floats, attributed to their first user, up to a bound.)"""
-    from memrope.errors.parser import Parser
-    from memrope.generate_options import add_generate_arguments, request_from_args
-    from memrope.run import generate
-
-    counts = {}
-
-    def on_chunk(stats):
-        if stats["index"] + 1 in (40, 200):
-            counts[stats["index"] + 1] = _live_objects()
-
-    argv = ["--latent-frames", str(3 * 220), "--out", str(tmp_path / "v.mp4"), "--stats", str(tmp_path / "s.json")]
-    args = add_generate_arguments(Parser()).parse_args([*argv, *extra])
-    assert generate(*request_from_args(args), progress=False, on_chunk=on_chunk) == 0
-    grown = {k: (counts[40][k], v) for k, v in counts[200].items() if v > counts[40][k] + IN_FLIGHT}
-    assert not grown, grown
+    argv = ["--latent-frames", str(3 * 220), "--out", str(tmp_path / "v.mp4"), "--stats", str(tmp_path / "s.json"),
+            *extra]
+    proc = subprocess.run([sys.executable, "-c", LIVE_OBJECTS, *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    changed = json.loads(proc.stdout.strip().splitlines()[-1])
+    grown = {k: v for k, v in changed.items() if v[1] > v[0] + IN_FLIGHT}
+    assert not grown, changed
 
 
 def _measure(tmp_path, chunks: int, every: int) -> dict:

@@ -152,8 +152,8 @@ class Manifest:
     @classmethod
     def from_json(cls, data: Any, source: str) -> Manifest:
         if isinstance(data, dict) and data.get("version") == LEGACY_VERSION:
-            raise SessionError(f"{source} is a version {LEGACY_VERSION} manifest; memrope.run migrates those "
-                               f"(RunDirectory.load)")
+            raise SessionError(f"{source} is a version {LEGACY_VERSION} manifest (an older memrope): "
+                               f"`memrope generate --resume` converts it (run.open_run)")
         if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
             raise SessionError(f"{source} is not a memrope manifest (version {MANIFEST_VERSION})")
         if not isinstance(data.get("settings"), dict):
@@ -375,6 +375,8 @@ def legacy_manifest(run: RunDirectory, data: dict[str, Any], migrate_settings) -
     state = data.get("state")
     if (state is None) != (data["chunks_done"] == 0):
         raise SessionError(f"{source}: {data['chunks_done']} chunks done but state {state!r}")
+    if state is not None and not run.state_path(state).is_file():
+        raise SessionError(f"{run.path} has no saved state {state!r}; it cannot be resumed")
     settings, settings_hash = migrate_settings(data["settings"])
     manifest = Manifest(settings, settings_hash, data["chunks_done"], len(segments), sum(s.frames for s in segments),
                         data["complete"], state, None if state is None else file_sha256(run.state_path(state)))
