@@ -14,7 +14,7 @@ latents; its generator states are part of :meth:`StreamingGenerator.state_dict`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -85,6 +85,21 @@ class GenerationConfig:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if len(self.latent_hw) != 2 or min(self.latent_hw) < 1:
             raise ValueError(f"latent_hw must be (h, w) >= 1, got {self.latent_hw}")
+
+
+@dataclass(frozen=True)
+class ChunkOrder:
+    """What the chunk loop makes next (:meth:`StreamingGenerator.chunks` asks before every chunk).
+
+    ``switch``: a prompt change ``(text, cut)`` applied right before the chunk (``switch_prompt``);
+    ``context``: clean latents [B, C, chunk_frames, h, w] committed as the chunk instead of generating
+    it (frames of an image or video the stream continues: ``memrope.context``); ``prompt_index``: what
+    the chunk's statistics record as its prompt's index.
+    """
+
+    switch: tuple[TextContext, bool] | None = None
+    context: torch.Tensor | None = None
+    prompt_index: int | None = None
 
 
 @dataclass
@@ -198,18 +213,32 @@ class StreamingGenerator:
         self._decode(result)
         return result
 
+    def check_context(self, latents: torch.Tensor) -> None:
+        """Clean latents that can stand for one chunk of this stream: [B, C, chunk_frames, h, w], finite."""
+        cfg = self.config
+        shape = (cfg.batch, self.model.config.in_dim, cfg.chunk_frames, *cfg.latent_hw)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"context latents must be one chunk {list(shape)}, got {list(latents.shape)}")
+
     @torch.no_grad()
-    def _denoise(self) -> ChunkResult:
-        """4 read passes and the commit pass of the next chunk; frames not decoded yet."""
+    def _denoise(self, context: torch.Tensor | None = None) -> ChunkResult:
+        """4 read passes and the commit pass of the next chunk; frames not decoded yet. With ``context``
+        (clean latents of given frames) only the commit pass runs: those frames join the cache as if
+        generated, so that the stream continues them."""
         cfg, cache = self.config, self.cache
         start = time.perf_counter()
+        if context is not None:
+            self.check_context(context)
         plan = cache.begin_chunk(cfg.chunk_frames)
-        noise = self.chunk_noise(plan.chunk_index)
-        x = noise[0]
         with self.attention.preferred():
-            for step, t in enumerate(self.timesteps):
-                v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
-                x0, x = self._step(step, x, v, noise)
+            if context is not None:
+                x0 = context.to(device=self.device, dtype=self.dtype)
+            else:
+                noise = self.chunk_noise(plan.chunk_index)
+                x = noise[0]
+                for step, t in enumerate(self.timesteps):
+                    v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
+                    x0, x = self._step(step, x, v, noise)
             self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True,
                        fused=self._fused)
         cache.end_chunk()
@@ -228,6 +257,8 @@ class StreamingGenerator:
             "query_pos": list(plan.query_pos),
             "evicted": len(plan.evicted),
         }
+        if context is not None:
+            stats["context"] = True
         return ChunkResult(index=plan.chunk_index, latents=x0, frames=None, stats=stats)
 
     @torch.no_grad()
@@ -254,31 +285,47 @@ class StreamingGenerator:
         """Yield chunks until ``num_chunks`` exist (continuing after a resume);
         ``switches[k] = (text, cut)`` changes the prompt right before chunk k.
 
-        ``overlap_decode``: decode chunk k on a worker thread while the transformer runs chunk k + 1
-        (the decoder and the transformer then use the machine at the same time). Chunk k is yielded
-        once both are done, so whenever the caller holds chunk k the decoder is idle at chunk k and
-        the cache is at chunk k + 1, whose latents are the generator's *pending* chunk: it is part
-        of ``state_dict``, and a resumed generator decodes and yields it first. Output is identical
-        to the sequential order.
+        ``overlap_decode``: see :meth:`chunks`, which this is with a fixed length and schedule.
         """
         if num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
         switches = switches or {}
         if 0 in switches:
             raise ValueError("the first prompt is the generator's own; switches start at chunk 1")
+
+        def order(k: int) -> ChunkOrder | None:
+            if k >= num_chunks:
+                return None
+            return ChunkOrder(switch=switches.get(k), prompt_index=sum(1 for s in switches if s <= k))
+
+        yield from self.chunks(order, overlap_decode)
+
+    def chunks(self, order: Callable[[int], ChunkOrder | None], overlap_decode: bool = False) -> Iterator[ChunkResult]:
+        """Yield chunks without a fixed end: before making chunk k, ``order(k)`` says what it is (a
+        :class:`ChunkOrder`), or ``None`` to stop (a chunk still pending decode is then yielded first).
+
+        ``overlap_decode``: decode chunk k on a worker thread while the transformer runs chunk k + 1
+        (the decoder and the transformer then use the machine at the same time). Chunk k is yielded
+        once both are done, so whenever the caller holds chunk k the decoder is idle at chunk k and
+        the cache is at chunk k + 1, whose latents are the generator's *pending* chunk: it is part
+        of ``state_dict``, and a resumed generator decodes and yields it first. Output is identical
+        to the sequential order. ``order(k + 1)`` is asked while the caller holds chunk k - 1
+        overlapped, while it holds chunk k otherwise: a live prompt change reaches the next chunk
+        that is generated.
+        """
         overlap = overlap_decode and self.decoder is not None
         if self._pending is not None and not overlap:  # resumed from an overlapped run
             last, self._pending = self._pending, None
             yield self._decode(last)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memrope-decode") if overlap else None
         try:
-            for k in range(self.cache.clock.chunks, num_chunks):
-                prompt_index = sum(1 for s in switches if s <= k)
-                event = self.switch_prompt(*switches[k]) if k in switches else None
+            while (step := order(self.cache.clock.chunks)) is not None:
+                event = self.switch_prompt(*step.switch) if step.switch is not None else None
                 previous = self._pending
                 decoding = pool.submit(self._decode, previous) if pool and previous is not None else None
-                result = self._denoise()
-                result.stats["prompt_index"] = prompt_index
+                result = self._denoise() if step.context is None else self._denoise(step.context)
+                if step.prompt_index is not None:
+                    result.stats["prompt_index"] = step.prompt_index
                 if event is not None:
                     result.stats["switch"] = event
                 if not overlap:

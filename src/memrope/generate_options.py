@@ -39,7 +39,7 @@ REAL_MODEL_HW = (480, 832)  # Wan2.1-T2V-1.3B's trained 832x480
 DEFAULTS: dict[str, Any] = {
     "policy": "memrope", "seed": 0, "prompt": DEFAULT_PROMPT, "chunk_frames": 3, "fps": 16, "crf": DEFAULT_CRF,
     "attention": "default", "height": REAL_MODEL_HW[0], "width": REAL_MODEL_HW[1], "device": "auto",
-    "dtype": "auto", "noise": "chunk", "pixels": "truncate", "lora_mode": "merged",
+    "dtype": "auto", "noise": "chunk", "pixels": "truncate", "lora_mode": "merged", "init_chunks": 4,
 }
 MODEL_ONLY = {"checkpoint": "--checkpoint", "wan_dir": "--wan-dir", "lora": "--lora", "lora_rank": "--lora-rank",
               "lora_alpha": "--lora-alpha", "lora_mode": "--lora-mode", "use_ema": "--no-ema", "height": "--height",
@@ -84,6 +84,12 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
     prompt.add_argument("--prompts", type=Path, metavar="FILE",
                         help="not for generate: a list of prompts, one video each, is `memrope generate-many "
                              "--prompts FILE` or `memrope compare --prompts FILE`; one video's schedule is --schedule")
+    gen.add_argument("--init", type=Path, metavar="FILE",
+                     help="start from an image (.png, .jpg, ...: a still first chunk) or a video (.mp4, .mkv, ...: "
+                          "its last frames that make whole chunks): encoded by the model's own encoder and "
+                          "committed into the cache as clean context, then continued; the output begins with them")
+    gen.add_argument("--init-chunks", type=positive_int, metavar="N",
+                     help="most chunks of context a video gives --init" + _d("init_chunks"))
     gen.add_argument("--noise", choices=NOISE_CHOICES,
                      help="chunk: one CPU generator per (seed, chunk); reference: the MemRoPE reference's draws "
                           "(one generator, the whole video's initial noise first, then every re-noise) and its "
@@ -151,7 +157,8 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
     return gen
 
 
-RESUME_KEYS = {"prompt": "schedule", "policy_opt": "policy_options", "crf": "video", "lossless": "video"}
+RESUME_KEYS = {"prompt": "schedule", "policy_opt": "policy_options", "crf": "video", "lossless": "video",
+               "init_chunks": "init"}
 """Options whose setting has another name (or is shared with another option)."""
 GIVEN_ON_RESUME = {"out", "stats", "no_progress", "latent_frames", "duration", "resume", "prompt_cache"}
 """Options that may accompany ``--resume`` freely: destinations, display, and a new (longer) length."""
@@ -210,7 +217,10 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
     path = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
     pick = lambda key: DEFAULTS[key] if getattr(args, key) is None else getattr(args, key)  # noqa: E731
     real = args.model is not None or resuming
-    return {
+    if args.init_chunks is not None and args.init is None:
+        raise UserError("--init-chunks needs --init FILE (the image or video the stream starts from)")
+    init = {} if args.init is None else {"init": {"path": path(check_init(args.init)), "max_chunks": pick("init_chunks")}}
+    return {**init,
         "policy": pick("policy"), "policy_options": policy_options, "seed": pick("seed"),
         "schedule": _schedule(args), "noise": pick("noise"),
         "latent_frames": args.latent_frames, "duration": args.duration,
@@ -225,6 +235,24 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
                   "prompt_cache": path(args.prompt_cache), "decode_device": args.decode_device,
                   "pixels": pick("pixels"), "lora_mode": pick("lora_mode")},
     }
+
+
+def check_init(path: Path) -> Path:
+    """``--init``: a readable image or video file (its frames are read later, before any write)."""
+    from .context import ContextError, kind_of
+
+    try:
+        kind_of(path)
+    except ContextError as e:
+        raise UserError(f"--init {e}") from None
+    if not path.is_file():
+        raise UserError(f"--init {path} does not exist or is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise UserError(f"--init {path} cannot be read ({e.strerror})") from None
+    return path
 
 
 def video_suffix(settings: dict[str, Any]) -> str:

@@ -38,6 +38,7 @@ from .chunk_log import RunSummary, StatsFile, read_records
 from .errors import EXIT_INTERRUPTED, DiskFull, RunFailure, UserError
 from .errors.paths import check_free_space, check_output_dir, check_output_file
 from .generate_options import Outputs, settings_hash, video_suffix
+from .stream import LiveStream, PromptSpan
 from .session import (
     CHUNKS_LOG,
     LEGACY_VERSION,
@@ -105,6 +106,37 @@ class Prepared:
     switches: dict
     schedule: Any
     starts: list[int]
+    texts: list[Any]  # text context of each schedule segment
+    toy: bool = False  # the embedded model: prompts are checked against its words
+
+    def spans(self) -> list[PromptSpan]:
+        return [PromptSpan(start, seg.prompt, seg.cut) for start, seg in zip(self.starts, self.schedule.segments)]
+
+    def stream(self, overlap_decode: bool, context: dict | None = None) -> LiveStream:
+        """The run's chunks as a :class:`~memrope.stream.LiveStream` of its fixed length and schedule."""
+        texts = {start: text for start, text in zip(self.starts, self.texts)}
+        stream = LiveStream(self.generator, self.encode_prompt, self.spans(), texts=texts, context=context,
+                            until=self.n_chunks, overlap_decode=overlap_decode)
+        stream.align_text()
+        return stream
+
+    def encode_prompt(self, prompt: str) -> Any:
+        """A prompt's text context (the schedule's prompts are encoded already)."""
+        return encode_prompt(self.bundle, prompt, toy=self.toy)
+
+
+def encode_prompt(bundle: Any, prompt: str, toy: bool) -> Any:
+    """A prompt's text context for ``bundle``; ``toy``: checked against the embedded model's words first
+    (``ValueError``). A prompt longer than the encoder takes is cut, with a warning."""
+    from .vocabulary import check_toy_prompt
+
+    if toy:
+        check_toy_prompt(prompt)
+    text = bundle.model.encode_text(bundle.text_encoder.encode([prompt]))
+    for cut in bundle.text_encoder.truncated:
+        print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
+              f"{cut[:60]!r}...", file=sys.stderr)
+    return text
 
 
 def _check_prompt_cache(bundle: Any, prompts: list[str], resuming: bool) -> None:
@@ -186,12 +218,7 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
                               noise=settings["noise"], noise_frames=n_latent if reference else None)
     _check_prompt_cache(bundle, [seg.prompt for seg in schedule.segments], resuming)
     try:
-        texts = []
-        for seg in schedule.segments:
-            texts.append(bundle.model.encode_text(bundle.text_encoder.encode([seg.prompt])))
-            for prompt in bundle.text_encoder.truncated:
-                print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
-                      f"{prompt[:60]!r}...", file=sys.stderr)
+        texts = [encode_prompt(bundle, seg.prompt, toy=False) for seg in schedule.segments]
         settings.setdefault("attention_requested", settings.get("attention", "default"))
         generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder,
                                        attention=settings.get("attention", "default"))
@@ -200,7 +227,45 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
     except ValueError as e:
         raise UserError(str(e)) from None
     switches = {start: (texts[i], schedule.segments[i].cut) for i, start in enumerate(starts) if i > 0}
-    return Prepared(bundle, generator, n_chunks, n_latent, switches, schedule, starts)
+    return Prepared(bundle, generator, n_chunks, n_latent, switches, schedule, starts, texts,
+                    toy=settings["model"]["model"] is None)
+
+
+def frame_size(prepared: Prepared) -> tuple[int, int]:
+    """(height, width) in pixels of the model's frames."""
+    decoder = prepared.bundle.decoder
+    stride = getattr(decoder, "spatial_stride", None) or decoder.spatial_factor
+    h, w = prepared.bundle.latent_hw
+    return h * stride, w * stride
+
+
+def load_init(settings: dict[str, Any], prepared: Prepared, made: int) -> dict[int, torch.Tensor]:
+    """The context chunks of ``--init`` still to commit (none once a resumed run is past them); fills in
+    ``settings["init"]`` (checksum, chunks) on a new run and checks the file is the same on a resumed one."""
+    from .context import ContextError, file_sha256, load_context
+
+    init = settings.get("init")
+    if init is None or made >= init.get("chunks", made + 1):
+        return {}
+    path = Path(init["path"])
+    if "sha256" in init and (not path.is_file() or file_sha256(path) != init["sha256"]):
+        raise UserError(f"this run starts from {path} (--init), which is missing or changed since the run began; "
+                        f"its context is not all committed yet, so the run cannot be resumed without it")
+    try:
+        context = load_context(path, prepared.bundle.decoder, frame_size(prepared), settings["chunk_frames"],
+                               init["max_chunks"])
+    except ContextError as e:
+        raise UserError(f"--init: {e}") from None
+    n = len(context.chunks)
+    if n >= prepared.n_chunks:
+        raise UserError(f"--init {path} fills {n} chunks, the whole video of {prepared.n_chunks}: give a longer "
+                        f"--duration, or fewer --init-chunks")
+    if "sha256" not in init:
+        settings["init"] = {**init, "sha256": file_sha256(path), "chunks": n, "kind": context.kind,
+                            "frames": context.frames}
+    elif n != init["chunks"]:
+        raise UserError(f"{path} (--init) now gives {n} context chunks where the run recorded {init['chunks']}")
+    return context.by_chunk(made)
 
 
 def checkpoint_bytes(gen: Any) -> int:
@@ -443,10 +508,7 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
             raise UserError(f"{run_dir}: state is at chunk {gen.chunks_emitted} but the manifest at {done}")
         if manifest.complete and prepared.n_chunks == done:
             return _already_complete(resume, outputs, settings, prepared)
-        # the prompt of the last chunk generated (one more than emitted when one awaits decoding)
-        prompt_index = sum(1 for s in prepared.switches if s < gen.cache.clock.chunks)
-        if prompt_index:
-            gen.text = sorted(prepared.switches.items())[prompt_index - 1][1][0]
+    context = load_init(settings, prepared, gen.cache.clock.chunks)
     if run_dir is not None:
         check_free_space(run_dir, checkpoint_bytes(gen), "one checkpoint of this run", "--run-dir")
     # ------------------------------------------------------------ the first write
@@ -487,8 +549,8 @@ def generate(settings: dict[str, Any], outputs: Outputs, resume: OpenRun | None 
     try:
         with torch.inference_mode(), StopFlag() as stop, tqdm(total=prepared.n_chunks, initial=done, unit="chunk",
                                                              disable=not progress, file=sys.stderr) as bar:
-            for result in gen.stream(prepared.n_chunks, prepared.switches,
-                                     overlap_decode=settings.get("overlap_decode", True)):
+            # the prompt of the last chunk generated is the generator's (LiveStream.align_text)
+            for result in prepared.stream(settings.get("overlap_decode", True), context):
                 if not torch.isfinite(result.latents).all():  # one host sync per chunk, by design
                     raise RunFailure(f"non-finite values (NaN/inf) in the latents of chunk {result.index}; "
                                      f"stopped before writing it" + (f", last good state kept in {run_dir}"

@@ -145,6 +145,13 @@ class WanVideoDecoder:
     def reset(self) -> None:
         self.inner.reset()
 
+    def encoder(self):
+        """The streaming encoder of the same VAE module (no second copy of its weights)."""
+        from .vae_encoder import WanStreamingEncoder
+
+        inner = self.inner
+        return WanStreamingEncoder(inner.vae, inner.config, inner.device, inner.dtype)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, F, h, w] -> uint8 [B, T, H, W, 3] on the CPU, continuing the stream."""
         return self.inner.decode(latents)

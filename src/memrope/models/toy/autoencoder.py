@@ -8,7 +8,8 @@ roughly unit-variance latents, as it would with a real VAE's scaling factors.
 
 ``WorldDecoder`` wraps the decoder half in the ``LatentDecoder`` protocol of ``generate.py``: it is
 stateless across chunks (per-frame), so ``reset()`` does nothing and every latent frame gives one
-video frame.
+video frame. ``WorldEncoder`` is the encoder half, per frame too: what a stream that continues an
+image or a video commits into the cache (``memrope.context``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import torch
 from torch import nn
 
 from ..pixels import DEFAULT_PIXELS, check_pixels, quantise
+
+PIXEL_LEVELS = 255.0
+"""Largest uint8 value: +1 in the model's range (the world's clips: ``memrope.world.clips.to_model_range``)."""
 
 SPATIAL_STRIDE = 8
 """Pixels per latent cell along each axis (three stride-2 stages)."""
@@ -126,6 +130,10 @@ class WorldDecoder:
     def frames_for(self, latent_frames: int, first: bool) -> int:
         return latent_frames
 
+    def encoder(self) -> WorldEncoder:
+        """The matching encoder (the same autoencoder's other half)."""
+        return WorldEncoder(self.autoencoder)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, F, h, w] -> uint8 [B, F, 8h, 8w, 3]."""
@@ -138,3 +146,28 @@ class WorldDecoder:
         z = z.transpose(1, 2).flatten(0, 1)  # [B*F, C, h, w]
         pixels = self.autoencoder.decode(z)  # [B*F, 3, H, W]
         return to_uint8(pixels, self.pixels).cpu().unflatten(0, (b, f))  # [B, F, H, W, 3]
+
+
+class WorldEncoder:
+    """uint8 frames [T, H, W, 3] -> normalised latents [1, C, T, H/8, W/8]: per frame, no causal state."""
+
+    temporal_stride = 1
+    spatial_stride = SPATIAL_STRIDE
+
+    def __init__(self, autoencoder: FrameAutoencoder):
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+
+    def reset(self) -> None:
+        """No causal state: each frame encodes on its own."""
+
+    def frames_for(self, latent_frames: int, first: bool) -> int:
+        return latent_frames
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        p = next(self.autoencoder.parameters())
+        x = frames.to(device=p.device).permute(0, 3, 1, 2).to(p.dtype) * (2.0 / PIXEL_LEVELS) - 1.0  # [T, 3, H, W]
+        z = self.autoencoder.encode(x)  # [T, C, h, w]
+        return z.transpose(0, 1).unsqueeze(0).float()  # [1, C, T, h, w]
