@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("bench", "memrope.bench:bench_main", "per-chunk latency, FPS, memory, TFLOP/s and cost model per policy"),
         ("generate-many", "memrope.distributed:generate_many_main",
          "one video per prompt, sharded over torchrun ranks, resumable per prompt"),
+        ("serve", "memrope.serve.app:serve_main",
+         "a local web app: start live streams, watch them in the browser, change the prompt while they run"),
     ):
         forward = sub.add_parser(name, help=text, add_help=False, prefix_chars="\0")
         forward.add_argument("args", nargs=argparse.REMAINDER)
