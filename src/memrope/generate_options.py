@@ -92,6 +92,11 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="device of the video decoder, e.g. cuda:1: the transformer and the VAE each on "
                             "their own GPU, working at the same time (default: the model's device)")
     model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
+    model.add_argument("--decoder", choices=["vae", "taehv"], default="vae",
+                       help="video decoder: vae (the model's own: the Wan VAE, the default for evaluation) or "
+                            "taehv (the tiny TAEHV autoencoder, taew2_1.pth: far cheaper, lower quality)")
+    model.add_argument("--decoder-weights", type=Path, metavar="FILE",
+                       help="TAEHV weights for --decoder taehv (default: WAN_DIR/taew2_1.pth)")
     return gen
 
 
@@ -121,5 +126,6 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,
                   "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache),
-                  "decode_device": args.decode_device},
+                  "decode_device": args.decode_device, "decoder": args.decoder,
+                  "decoder_weights": path(args.decoder_weights)},
     }

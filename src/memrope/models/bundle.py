@@ -53,6 +53,22 @@ class BundleOptions:
     dtype: str = "auto"
     prompt_cache: Path | None = None
     decode_device: str | None = None  # e.g. cuda:1: the decoder on its own GPU (None: with the model)
+    decoder: str = "vae"  # "vae": the model's own (Wan VAE, toy autoencoder) | "taehv": TAEHV (taew2_1.pth)
+    decoder_weights: Path | None = None  # the TAEHV file (default: <wan_dir>/taew2_1.pth)
+
+
+DECODERS = ("vae", "taehv")
+
+
+def check_decoder(options: BundleOptions) -> None:
+    """``--decoder`` / ``--decoder-weights`` make sense together and with the model."""
+    if options.decoder not in DECODERS:
+        raise ValueError(f"--decoder must be one of {', '.join(DECODERS)}, got {options.decoder!r}")
+    if options.decoder_weights is not None and options.decoder != "taehv":
+        raise ValueError("--decoder-weights names a TAEHV file: add --decoder taehv")
+    if options.decoder == "taehv" and options.model is None:
+        raise ValueError("--decoder taehv decodes Wan 2.1 latents; the embedded toy model has its own autoencoder "
+                         "(use --decoder taehv with --model self-forcing, longlive or diffusers)")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from .bundle import BundleOptions, ModelBundle, resolve_decode_device, resolve_device, resolve_dtype
+from .bundle import BundleOptions, ModelBundle, check_decoder, resolve_decode_device, resolve_device, resolve_dtype
 from .toy.default import load_default
 from .wan_bundle import load_wan_bundle
 
 
 def load_bundle(options: BundleOptions) -> ModelBundle:
+    check_decoder(options)
     device = resolve_device(options.device)
     decode_device = resolve_decode_device(options.decode_device, device)
     if options.model is None:
