@@ -21,7 +21,9 @@ import torch
 from .cache import CachePolicy, make_cache
 from .cache.plan import CacheGeometry
 from .models.attention import AttentionShape, choose
+from .models.graphs import PassGraphs
 from .models.wan import Conditioning, TextContext, WanModel
+from .models.wan_fused import EAGER, compiled_kernels
 from .sampling import SamplerConfig, denoising_timesteps, renoise, x0_from_velocity
 
 MASK64 = (1 << 64) - 1
@@ -74,7 +76,8 @@ class StreamingGenerator:
     """Generates a video chunk by chunk in constant memory (for bounded cache policies)."""
 
     def __init__(self, model: WanModel, policy: CachePolicy, text: TextContext, config: GenerationConfig,
-                 decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default"):
+                 decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default",
+                 compile: bool | str = False, cuda_graphs: bool = False, graph_backend: Any = None):
         self.model = model
         self.config = config
         self.text = text
@@ -93,6 +96,14 @@ class StreamingGenerator:
             self._fused = model.fused_params() if fused else None
         # The SDPA kernel the passes prefer (models/attention.py); "auto" times the stream's own shapes.
         self.attention = choose(attention, attention_shapes(model, policy, geometry, config), self.device, self.dtype)
+        # The steady state (a full bounded cache: static shapes): compiled kernels (``compile``: True or a
+        # torch.compile mode) and whole passes replayed as CUDA graphs; both on the fused path only.
+        fusing = self._fused is not None
+        self.kernels = compiled_kernels(None if compile is True else compile) if compile and fusing else EAGER
+        # ``graph_backend``: what captures the passes (None: CUDA graphs on a CUDA device; tests pass one).
+        self.graphs = PassGraphs(graph_backend) if graph_backend is not None and fusing else \
+            PassGraphs.for_device(self.device, cuda_graphs and fusing)
+        self.cache.static_writes = self.graphs.backend is not None
         if decoder is not None:
             decoder.reset()
 
@@ -143,6 +154,19 @@ class StreamingGenerator:
         draws = [torch.randn(shape, generator=gen) for _ in self.timesteps]
         return [d.to(device=self.device, dtype=self.dtype) for d in draws]
 
+    def _pass(self, x: torch.Tensor, t: float, commit: bool) -> torch.Tensor:
+        """One transformer pass of a generated chunk: eager while the cache fills; in the steady state
+        with the compiled kernels and, where captured, replayed as a CUDA graph (``models/graphs.py``)."""
+        cond, cache = self.conditioning(t), self.cache
+        kernels = self.kernels if cache.full() else EAGER
+
+        def run(xs: torch.Tensor) -> torch.Tensor:
+            return self.model(xs, cond, self.text, cache, commit=commit, fused=self._fused, kernels=kernels)
+
+        layout = cache.pass_signature()
+        key = None if layout is None else (float(t), commit, layout)
+        return self.graphs.run(key, x, cache, commit, self.text, run)
+
     def next_chunk(self) -> ChunkResult:
         """Denoise, commit and decode the next chunk (the decode runs here, synchronously)."""
         result = self._denoise()
@@ -159,12 +183,11 @@ class StreamingGenerator:
         x = noise[0]
         with self.attention.preferred():
             for step, t in enumerate(self.timesteps):
-                v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
+                v = self._pass(x, t, commit=False)
                 x0 = x0_from_velocity(x, v, t)
                 if step + 1 < len(self.timesteps):
                     x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
-            self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True,
-                       fused=self._fused)
+            self._pass(x0, cfg.sampler.context_t, commit=True)
         cache.end_chunk()
         self._remember(plan.first_frame, x0)
         if self.device.type == "cuda":

@@ -98,6 +98,9 @@ class RingKVCache(KVCache):
         self._chunk_tokens: torch.Tensor | None = None  # token index of the chunk's scattered slots
         self._indices: dict[tuple[tuple[int, ...], bool], torch.Tensor] = {}
         self._shifts: dict[int, torch.Tensor] = {}  # delta -> its temporal rotation (a few recur)
+        # Captured passes (models/graphs.py) read where the chunk goes from tensors that never move:
+        # n_frames -> (token index, slot index), refilled once per chunk (see ``static_writes``).
+        self._static: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- chunk protocol
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
@@ -130,6 +133,13 @@ class RingKVCache(KVCache):
         contiguous = not rest and chunk == list(range(first, end))
         self._chunk_span = slice(first * ft, end * ft) if contiguous else None
         self._chunk_tokens = None if contiguous else self._index(tuple(chunk), tokens=True)
+        if self.static_writes:  # the same index tensors every chunk, refilled: one graph per timestep
+            tokens, slots = self._static.setdefault(plan.n_frames, (
+                torch.empty(plan.n_frames * ft, dtype=torch.long, device=self._commit_index.device),
+                torch.empty(plan.n_frames, dtype=torch.long, device=self._commit_index.device)))
+            tokens.copy_(self._index(tuple(chunk), tokens=True))
+            slots.copy_(self._commit_index)
+            self._chunk_span, self._chunk_tokens, self._commit_index = None, tokens, slots
         self.query_freqs = self._freqs_for(plan.query_pos)
         self.plan = plan
         self._committed = [False] * self.geometry.num_layers
@@ -242,6 +252,11 @@ class RingKVCache(KVCache):
             self._committed[layer_idx] = True
         end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
         return layer.k[:, :end], layer.v[:, :end]
+
+    def _layout_signature(self, plan: ChunkPlan) -> tuple:
+        if self.static_writes:  # the chunk's slots are read from fixed index tensors
+            return ("ring", plan.n_past, plan.n_frames)
+        return ("ring", plan.n_past, plan.n_frames, tuple(self._chunk_phys))
 
     def end_chunk(self) -> ChunkPlan:
         plan = super().end_chunk()

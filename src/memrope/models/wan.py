@@ -28,8 +28,10 @@ from ..cache.plan import CacheGeometry
 from ..rope import Rope3D, apply_rope
 from .wan_config import WanConfig
 from .wan_fused import (
+    EAGER,
     BlockModulation,
     FusedBlock,
+    FusedKernels,
     FusedParams,
     block_forward,
     cast,
@@ -332,13 +334,15 @@ class WanModel(nn.Module):
 
     # ----------------------------------------------------------------- one pass over a chunk
     def forward(self, x: torch.Tensor, t: torch.Tensor | Conditioning, text: TextContext, cache: KVCache,
-                commit: bool = False, fused: FusedParams | None | bool = True) -> torch.Tensor:
+                commit: bool = False, fused: FusedParams | None | bool = True,
+                kernels: FusedKernels = EAGER) -> torch.Tensor:
         """x: [B, C, F, H, W] latents at noise level t ([B] or [B, F], or its precomputed
         :class:`Conditioning`); returns the velocity, same shape.
 
         ``fused``: True binds the fused path's parameters here (:meth:`fused_params`), a
         :class:`FusedParams` uses those (a caller that binds once per chunk), False or None runs
-        the module path. The fused path runs only for a step shared by all frames."""
+        the module path. The fused path runs only for a step shared by all frames, with ``kernels``
+        (eager, or compiled: :func:`memrope.models.wan_fused.compiled_kernels`)."""
         plan = cache.plan
         if plan is None:
             raise RuntimeError("call cache.begin_chunk() before running the model on a chunk")
@@ -357,7 +361,7 @@ class WanModel(nn.Module):
         if fp is not None and cond.fused is not None:
             h = patch_embed(fp, x)  # [B, F*h*w, dim]
             for i, p in enumerate(fp.blocks):
-                h = block_forward(p, cond.fused[i], fp, h, text.k[i], text.v[i], cache, i, commit)
+                h = block_forward(p, cond.fused[i], fp, h, text.k[i], text.v[i], cache, i, commit, kernels)
             out = head_forward(fp, *cond.fused_head, h)
         else:
             h = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, dim, F, h, w] -> [B, F*h*w, dim]
