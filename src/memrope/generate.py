@@ -77,7 +77,8 @@ class StreamingGenerator:
 
     def __init__(self, model: WanModel, policy: CachePolicy, text: TextContext, config: GenerationConfig,
                  decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default",
-                 compile: bool | str = False, cuda_graphs: bool = False, graph_backend: Any = None):
+                 compile: bool | str = False, cuda_graphs: bool = False, graph_backend: Any = None,
+                 fp8: str | None = None):
         self.model = model
         self.config = config
         self.text = text
@@ -94,6 +95,12 @@ class StreamingGenerator:
         # hooked / wrapped modules) runs the module path, e.g. to measure what the fused path saves.
         with torch.no_grad():
             self._fused = model.fused_params() if fused else None
+            if fp8 is not None:  # float8 matmul weights (models/fp8.py); the fused path only
+                if self._fused is None:
+                    raise ValueError("--fp8 runs on the fused inference path; the module path was requested")
+                from .models.fp8 import quantize_fused
+
+                self._fused = quantize_fused(self._fused, fp8, self.device)
         # The SDPA kernel the passes prefer (models/attention.py); "auto" times the stream's own shapes.
         self.attention = choose(attention, attention_shapes(model, policy, geometry, config), self.device, self.dtype)
         # The steady state (a full bounded cache: static shapes): compiled kernels (``compile``: True or a
