@@ -84,7 +84,7 @@ class StreamingGenerator:
         self.text = text
         self.decoder = decoder
         geometry = model.cache_geometry(config.batch, config.latent_hw, config.chunk_frames)
-        self.cache = make_cache(policy, geometry, model.rope)
+        self.cache = make_cache(policy, geometry, model.rope, stages=model.stages())  # per device if split
         self.timesteps = denoising_timesteps(config.sampler)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype

@@ -69,6 +69,16 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
     gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="default",
                      help="SDPA kernel the transformer prefers: default (PyTorch's rules), auto (the fastest "
                           "of those that serve this stream's shapes, timed at the start), or one by name")
+    fast = gen.add_argument_group("steady state (see README, Performance)")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the fused path's block pieces, used once the cache is full (compiles "
+                           "during the first steady chunk)")
+    fast.add_argument("--cuda-graphs", action="store_true",
+                      help="replay each pass of a chunk as a CUDA graph once the cache is full (eager where "
+                           "capture is not possible)")
+    fast.add_argument("--fp8", choices=["dynamic", "weight"], default=None,
+                      help="float8 matmul weights through torchao: dynamic (weights and activations, needs compute "
+                           "capability >= 8.9) or weight (weights only)")
     gen.add_argument("--no-overlap-decode", dest="overlap_decode", action="store_false",
                      help="decode each chunk before generating the next (default: decode chunk k on a worker "
                      "thread while the transformer runs chunk k+1; same output)")
@@ -92,6 +102,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="device of the video decoder, e.g. cuda:1: the transformer and the VAE each on "
                             "their own GPU, working at the same time (default: the model's device)")
     model.add_argument("--prompt-cache", type=Path, help="folder of cached prompt embeddings")
+    model.add_argument("--split-blocks", metavar="DEV,DEV", default=None,
+                       help="the transformer's blocks over two devices, e.g. cuda:0,cuda:1 (two 24 GB cards): "
+                            "first half and embeddings on the first, second half and head on the second (and "
+                            "the decoder, unless --decode-device)")
     model.add_argument("--decoder", choices=["vae", "taehv"], default="vae",
                        help="video decoder: vae (the model's own: the Wan VAE, the default for evaluation) or "
                             "taehv (the tiny TAEHV autoencoder, taew2_1.pth: far cheaper, lower quality)")
@@ -122,10 +136,11 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "out": str(out.resolve()), "stats": path(args.stats), "run_dir": path(args.run_dir),
         "checkpoint_every": args.checkpoint_every or 0, "save_latents": args.save_latents,
         "overlap_decode": args.overlap_decode, "attention": args.attention,
+        "compile": args.compile, "cuda_graphs": args.cuda_graphs, "fp8": args.fp8,
         "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,
                   "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache),
                   "decode_device": args.decode_device, "decoder": args.decoder,
-                  "decoder_weights": path(args.decoder_weights)},
+                  "decoder_weights": path(args.decoder_weights), "split_blocks": args.split_blocks},
     }

@@ -131,7 +131,9 @@ def prepare(settings: dict[str, Any]) -> Prepared:
                 print(f"memrope: warning: prompt cut to the encoder's {bundle.text_encoder.text_len} tokens: "
                       f"{prompt[:60]!r}...", file=sys.stderr)
         generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder,
-                                       attention=settings.get("attention", "default"))
+                                       attention=settings.get("attention", "default"),
+                                       compile=settings.get("compile", False),
+                                       cuda_graphs=settings.get("cuda_graphs", False), fp8=settings.get("fp8"))
         settings["attention"] = generator.attention.name  # "auto" resolved: a resume keeps the kernel
         preflight(policy, bundle.model.rope, chunk, n_chunks)
     except ValueError as e:

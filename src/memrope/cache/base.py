@@ -221,6 +221,10 @@ class KVCache:
         self.clock = Clock(**data["clock"])
         self._rotated_at = []
 
+    def parts(self) -> list[tuple[int, KVCache]]:
+        """(first layer, cache) per device: this cache holds every layer (``split.py`` holds several)."""
+        return [(0, self)]
+
     # ----------------------------------------------------------------- captured passes (models/graphs.py)
     def pass_signature(self) -> tuple | None:
         """What a pass's device work depends on besides its inputs: where the chunk's keys go and how

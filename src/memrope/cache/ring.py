@@ -36,12 +36,17 @@ from ..rope import Rope3D, shift_time_, time_shift_rotation
 from .base import KVCache
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV
+from .split import SplitKVCache, Stage
 
 MEANS = "slot_mean"  # extra [B, slots, 2, H, D] fp32: per physical slot, mean raw key (0) and value (1)
 
 
-def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D) -> KVCache:
-    """The cache a policy runs best on: the ring buffer when it supports one, else slot order."""
+def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D,
+               stages: list[Stage] | None = None) -> KVCache | SplitKVCache:
+    """The cache a policy runs best on: the ring buffer when it supports one, else slot order; with
+    ``stages`` on more than one device, one such cache per device (``split.py``)."""
+    if stages is not None and len(stages) > 1:
+        return SplitKVCache(policy, geometry, rope, stages, make_part=make_cache)
     if policy.ring_storage and policy.capacity_frames(geometry.chunk_frames) is not None:
         return RingKVCache(policy, geometry, rope)
     return KVCache(policy, geometry, rope)
