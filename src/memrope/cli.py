@@ -23,6 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a video chunk by chunk")
     add_generate_arguments(gen)
+    memory = gen.add_argument_group("memory plan (memrope plan)")
+    memory.add_argument("--dry-run", action="store_true", help="print the memory plan and stop (nothing is loaded)")
+    memory.add_argument("--no-memory-plan", action="store_true",
+                        help="start without checking that the memory plan fits the device")
+    plan = sub.add_parser("plan", help="memory per component (weights, KV cache, text, decoder, activations) of a "
+                          "generate run, computed on the meta device; takes generate's options")
+    add_generate_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    for p in (memory, plan):
+        p.add_argument("--memory-budget", type=_size, metavar="SIZE",
+                       help="plan against this much memory per device (e.g. 24GiB) instead of what is free now")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
     enc = sub.add_parser("encode-prompts", help="fill the prompt-embedding cache with umT5, so that runs never "
@@ -59,9 +70,58 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         return generate({}, resume=args.resume, progress=not args.no_progress)
-    if args.out is None:
+    if args.out is None and not args.dry_run:
         raise UserError("--out is required (or --resume DIR to continue a run)")
-    return generate(settings_from_args(args), progress=not args.no_progress)
+    args.out = args.out or "dry-run.mp4"  # nothing is written on a dry run
+    settings = settings_from_args(args)
+    if args.dry_run or (not args.no_memory_plan and needs_plan(settings, args.memory_budget)):
+        from .memory_plan import check_fits, format_plan, plan_settings  # before anything is loaded or written
+
+        plan = plan_settings(settings)
+        overlapped = settings["overlap_decode"]
+        if args.dry_run:
+            print(format_plan(plan, overlapped, args.memory_budget))
+            return 0
+        check_fits(plan, overlapped, args.memory_budget)
+    return generate(settings, progress=not args.no_progress)
+
+
+def needs_plan(settings: dict, budget: int | None) -> bool:
+    """The gate runs where a plan can fail: a real model, a CUDA device, or a given budget. The embedded
+    model on the CPU needs ~13 MB in all, and planning costs seconds (torch's dispatch machinery loads)."""
+    model = settings["model"]
+    on_cuda = any(str(d).startswith("cuda") for d in (model["device"], model.get("split_blocks") or "",
+                                                      model.get("decode_device") or ""))
+    return budget is not None or model["model"] is not None or on_cuda or (
+        model["device"] == "auto" and _cuda_available())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .memory_plan import format_plan, plan_settings
+
+    args.out = args.out or "plan.mp4"  # a plan writes nothing
+    plan = plan_settings(settings_from_args(args))
+    overlapped = args.overlap_decode
+    if args.json:
+        print(json.dumps({"plan": plan.description, "devices": plan.devices, "peaks": plan.peaks,
+                          "notes": plan.notes}, indent=1))
+    else:
+        print(format_plan(plan, overlapped, args.memory_budget))
+    return 0
+
+
+def _size(value: str) -> int:
+    from .memory_plan import parse_size
+
+    return parse_size(value)
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -100,7 +160,8 @@ def cmd_encode_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "encode-prompts": cmd_encode_prompts}
+COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "encode-prompts": cmd_encode_prompts,
+            "plan": cmd_plan}
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
