@@ -1,4 +1,4 @@
-"""A ring-buffer KV cache for position re-indexing policies: nothing moves, nothing is re-rotated.
+"""A ring-buffer KV cache for bounded policies: nothing moves, nothing is re-rotated.
 
 The slot-order cache (``base.KVCache``) keeps the context in logical order, so each chunk it moves
 the recent frames forward, keeps an unrotated copy of every key (``k_raw``) and rotates the past
@@ -22,7 +22,13 @@ Numerics: each move of a frame rounds its temporal channels once more in the sto
 2^-9 relative), and a frame moves at most ``ceil(recent / chunk)`` times before it is evicted; the
 memory means are fp32 means of per-frame fp32 means. The slot-order path remains for policies that
 need the unrotated keys themselves (``reduction="spatial"``, Deep Forcing, the reference-style
-baseline); ``make_cache`` picks.
+baseline); ``make_cache`` picks (:func:`ring_supported`).
+
+The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``) run here too without
+saying so: their plans only keep whole frames and drop what they evict, which is all the ring needs
+(no means are kept for them). With absolute positions a kept frame never changes position, so a
+chunk costs no cache work beyond writing itself into the slots its evicted frames freed; every
+steady chunk has the same shapes (the context is always the buffers' prefix).
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import torch
 
 from ..rope import Rope3D, shift_time_, time_shift_rotation
 from .base import KVCache
-from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
 from .policy import CachePolicy, LayerKV
 from .split import SplitKVCache, Stage
 
 MEANS = "slot_mean"  # extra [B, slots, 2, H, D] fp32: per physical slot, mean raw key (0) and value (1)
+PROBE_CHUNKS = 64  # chunks of a policy's plans (pure Python) read to decide whether it runs on the ring
+_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit", "allocate_extra")
 
 
 def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D,
@@ -47,9 +55,32 @@ def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D,
     ``stages`` on more than one device, one such cache per device (``split.py``)."""
     if stages is not None and len(stages) > 1:
         return SplitKVCache(policy, geometry, rope, stages, make_part=make_cache)
-    if policy.ring_storage and policy.capacity_frames(geometry.chunk_frames) is not None:
+    if ring_supported(policy, geometry.chunk_frames):
         return RingKVCache(policy, geometry, rope)
     return KVCache(policy, geometry, rope)
+
+
+def ring_supported(policy: CachePolicy, chunk_frames: int) -> bool:
+    """Whether ``policy`` runs on the ring: it says so (``ring_storage``: it folds evicted frames from
+    their means and writes memory tokens), or its plans ask nothing of the cache but keeping whole
+    frames: every slot of every plan a frame carried over from the previous table, every eviction
+    dropped, no deferred compaction, and none of the tensor hooks or per-layer state that work on
+    the slot-order layout. Plans are pure functions of the slot table, so reading the first
+    ``PROBE_CHUNKS`` of them decides it."""
+    if policy.capacity_frames(chunk_frames) is None:
+        return False
+    if policy.ring_storage:
+        return True
+    if any(getattr(type(policy), hook) is not getattr(CachePolicy, hook) for hook in _LAYOUT_HOOKS):
+        return False
+    slots, clock = (), Clock()
+    for _ in range(PROBE_CHUNKS):
+        plan = policy.plan(slots, clock, chunk_frames)
+        if plan.deferred or None in plan.sources or any(s.kind != FRAME for s in plan.past) \
+                or set(plan.evicted) != set(plan.dropped):
+            return False
+        slots, clock = after_chunk(plan, clock)
+    return True
 
 
 def runs(slots: list[int]) -> list[tuple[int, int]]:
@@ -73,15 +104,16 @@ class RingKVCache(KVCache):
     keeps_raw_keys = False  # rotated keys only: moved frames are shifted in place
 
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
-        if not policy.ring_storage:
-            raise ValueError(f"policy {policy.name} does not support ring storage")
         cap = policy.capacity_frames(geometry.chunk_frames)
         if cap is None:
             raise ValueError("a ring-buffer cache needs a bounded policy")
+        if not ring_supported(policy, geometry.chunk_frames):
+            raise ValueError(f"policy {policy.name} does not support ring storage")
         super().__init__(policy, geometry, rope)
         self.capacity_slots = cap
+        self.keeps_means = policy.ring_storage  # only policies that fold evicted frames need their means
         shape = (geometry.batch, cap, 2, geometry.heads, geometry.head_dim)
-        for layer in self.layers:  # fp32 means of each physical slot's raw keys and values
+        for layer in self.layers if self.keeps_means else ():  # fp32 means of each slot's raw keys and values
             layer.extra[MEANS] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
         # Every per-layer tensor becomes a view into one [layers, ...] tensor, and ``all_layers`` sees
         # them with layers folded into the batch: the policy's elementwise per-chunk work (EMA folds,
@@ -176,7 +208,7 @@ class RingKVCache(KVCache):
         for big in self.stacked.values():
             big[:, :, : n * ft] = big[:, :, src]
         order = torch.tensor(past_phys, device=device)
-        for layer in self.layers:
+        for layer in self.layers if self.keeps_means else ():
             mean = layer.extra[MEANS]
             mean[:, :n] = mean[:, order]
         rot = [self._rot[p] for p in past_phys]
@@ -246,13 +278,14 @@ class RingKVCache(KVCache):
         if commit:
             if self._committed[layer_idx]:
                 raise RuntimeError(f"layer {layer_idx} committed twice in chunk {plan.chunk_index}")
-            if k_raw is None:
-                raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
-            b, n, h, d = k_raw.shape
-            kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
-            kv = kv if kv.dtype == torch.float32 else kv.float()
-            frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
-            layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
+            if self.keeps_means:
+                if k_raw is None:
+                    raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
+                b, n, h, d = k_raw.shape
+                kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
+                kv = kv if kv.dtype == torch.float32 else kv.float()
+                frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
+                layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
             self.policy.after_commit(layer, plan, self.geometry, q_raw)
             self._committed[layer_idx] = True
         end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
@@ -274,10 +307,10 @@ class RingKVCache(KVCache):
         """The policy's response to a prompt change; kept slots stay where they are physically."""
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
-        if sw.reset_shifts:
-            raise ValueError(f"{self.policy.name}: the ring cache does not reset position shifts")
         self.phys = [self.phys[i] for i in sw.keep]
-        self.slots = tuple(self.slots[i] for i in sw.keep)
+        kept = tuple(self.slots[i] for i in sw.keep)
+        # kept slots that lose their offsets are seen at new positions: the next chunk shifts their keys
+        self.slots = tuple(s.unshifted() for s in kept) if sw.reset_shifts else kept
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
 
@@ -303,8 +336,7 @@ class RingKVCache(KVCache):
         if data["policy"] != self.policy.describe():
             raise ValueError(f"saved cache belongs to {data['policy']}, not {self.policy.describe()}")
         if data.get("storage") != "ring":
-            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
-                             "memrope version that wrote it")
+            data = self._from_slot_order(data)
         n_phys = len(data["rotated_at"])
         n_tok = n_phys * self.geometry.frame_tokens
         for i, layer in enumerate(self.layers):
@@ -321,6 +353,17 @@ class RingKVCache(KVCache):
         self.clock = Clock(**data["clock"])
         self.phys = [int(p) for p in data["phys"]]
         self._rot = list(data["rotated_at"]) + [None] * (self.capacity_slots - n_phys)
+
+    def _from_slot_order(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A slot-order state (what runs of the window policies saved before they ran on the ring):
+        slot i in physical slot i, its keys rotated at the frame's own position (absolute positions
+        only; re-indexing policies kept unrotated keys there instead, which the ring cannot take)."""
+        if self.policy.positions != ABSOLUTE or self.keeps_means:
+            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
+                             "memrope version that wrote it")
+        slots = [Slot(kind, idx, shift) for kind, idx, shift in data["slots"]]
+        return {**data, "phys": list(range(len(slots))),
+                "rotated_at": [self.policy.position_of(i, s) for i, s in enumerate(slots)]}
 
     def persistent_state(self) -> list[dict[str, torch.Tensor]]:
         """Copies of the committed physical slots (what read passes must leave unchanged)."""
