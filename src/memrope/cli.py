@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--no-memory-plan", action="store_true",
                         help="start without checking that the memory plan fits the device")
     plan = sub.add_parser("plan", help="memory per component (weights, KV cache, text, decoder, activations) of a "
-                          "generate run, computed on the meta device; takes generate's options")
+                          "generate run, computed on the meta device; takes generate's options (devices need not "
+                          "exist here; --model without --wan-dir plans the released Wan2.1-1.3B sizes)")
     add_generate_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     for p in (memory, plan):
@@ -108,7 +109,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .memory_plan import format_plan, plan_settings
 
     args.out = args.out or "plan.mp4"  # a plan writes nothing
-    plan = plan_settings(settings_from_args(args))
+    plan = plan_settings(settings_from_args(args), what_if=True)
     overlapped = args.overlap_decode
     if args.json:
         print(json.dumps({"plan": plan.description, "devices": plan.devices, "peaks": plan.peaks,

@@ -265,7 +265,7 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: Chun
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME)
     folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
     mean_bytes = shape.batch * cfg.dim * 4  # one fp32 vector per head, all heads
-    means = policy.ring_storage  # only folding policies keep per-frame means (RingKVCache.keeps_means)
+    means = bool(folded)  # only policies that fold evicted frames keep per-frame means (RingKVCache.keeps_means)
     bytes_ = {
         "shift_temporal": float(2 * shifted * fb * t_frac * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,

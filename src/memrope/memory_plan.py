@@ -362,10 +362,14 @@ def _stage_shares(model: WanModel, bounds: list[int]) -> dict[str, list]:
 
 
 # --------------------------------------------------------------------------- from a run's settings
-def scenario_from_settings(settings: dict[str, Any]) -> tuple[Scenario, list[torch.device], torch.device]:
+def scenario_from_settings(settings: dict[str, Any], what_if: bool = False
+                           ) -> tuple[Scenario, list[torch.device], torch.device]:
     """What ``memrope generate`` with these settings would build, without reading a weight: the model's
     size from the Wan folder's ``config.json`` (wan-1.3b without one; the loader checks the checkpoint's
-    own shapes later), the decoder's from its config (the released TAEHV for ``--decoder taehv``)."""
+    own shapes later), the decoder's from its config (the released TAEHV for ``--decoder taehv``).
+
+    ``what_if`` (``memrope plan``): devices need not exist here and a real model needs no files: without
+    ``--wan-dir`` the released Wan2.1-T2V-1.3B and Wan VAE sizes are planned (e.g. for a 24 GB card)."""
     from .models.bundle import BundleOptions, check_decoder, resolve_decode_device, resolve_device, resolve_dtype, \
         resolve_split
     from .models.wan_config import wan_config
@@ -373,9 +377,15 @@ def scenario_from_settings(settings: dict[str, Any]) -> tuple[Scenario, list[tor
 
     options = BundleOptions(**settings["model"])
     check_decoder(options)
-    split = resolve_split(options.split_blocks, options.device)
-    devices = split or [resolve_device(options.device)]
-    decode_device = resolve_decode_device(options.decode_device, devices[-1])
+    if what_if:  # plan for devices this machine may not have
+        devices = [torch.device(d.strip()) for d in options.split_blocks.split(",")] if options.split_blocks else \
+            [torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if options.device == "auto" else options.device)]
+        decode_device = torch.device(options.decode_device) if options.decode_device else devices[-1]
+    else:
+        split = resolve_split(options.split_blocks, options.device)
+        devices = split or [resolve_device(options.device)]
+        decode_device = resolve_decode_device(options.decode_device, devices[-1])
     policy = make_policy(settings["policy"], settings["policy_options"])
     if settings.get("schedule") is not None:
         schedule = schedule_from_data(settings["schedule"], "saved schedule")
@@ -397,7 +407,7 @@ def scenario_from_settings(settings: dict[str, Any]) -> tuple[Scenario, list[tor
 
         decoder_name = "toy autoencoder"
     else:
-        config, latent_hw, make_decoder, decoder_name, stride = _wan_parts(options, devices[0])
+        config, latent_hw, make_decoder, decoder_name, stride = _wan_parts(options, devices[0], what_if)
         dtype = resolve_dtype(options.dtype, devices[0])
     total = None
     if policy.capacity_frames(chunk) is None:
@@ -412,8 +422,9 @@ def scenario_from_settings(settings: dict[str, Any]) -> tuple[Scenario, list[tor
     return scenario, devices, decode_device
 
 
-def _wan_parts(options, device: torch.device):
-    """Config, latent size and decoder builder of a real Wan run, from the Wan folder's configs."""
+def _wan_parts(options, device: torch.device, what_if: bool = False):
+    """Config, latent size and decoder builder of a real Wan run, from the Wan folder's configs (the
+    released sizes for a what-if plan without a folder)."""
     from .models.bundle import resolve_dtype
     from .models.taehv import TAEHVConfig, TAEHVDecoderNet, TAEHVStreamingDecoder
     from .models.vae import WanStreamingDecoder, WanVAEConfig, _build_vae
@@ -421,10 +432,10 @@ def _wan_parts(options, device: torch.device):
     from .models.wan_config import wan_config
     from .models.wan_layout import read_dit_config
 
-    if options.checkpoint is None or options.wan_dir is None:
+    if (options.checkpoint is None or options.wan_dir is None) and not what_if:
         raise ValueError(f"--model {options.model} needs --checkpoint and --wan-dir")
-    folder = WanFolder.inspect(options.wan_dir)
-    config = read_dit_config(folder.dit_config) if folder.dit_config else wan_config("wan-1.3b")
+    folder = WanFolder.inspect(options.wan_dir) if options.wan_dir is not None else None
+    config = read_dit_config(folder.dit_config) if folder and folder.dit_config else wan_config("wan-1.3b")
     dtype = resolve_dtype(options.dtype, device)  # the loader gives the decoder the model's dtype
     if options.decoder == "taehv":
         taehv = TAEHVConfig()
@@ -435,7 +446,9 @@ def _wan_parts(options, device: torch.device):
 
         factor, name = taehv.spatial_factor, "TAEHV"
     else:
-        if folder.vae_layout == "original":
+        if folder is None:
+            vae_config = WanVAEConfig()
+        elif folder.vae_layout == "original":
             vae_config = original_vae_config(folder.root / "Wan2.1_VAE.pth")
         else:
             import json
@@ -451,10 +464,10 @@ def _wan_parts(options, device: torch.device):
     return config, latent_hw, make_decoder, name, 4
 
 
-def plan_settings(settings: dict[str, Any]) -> MemoryPlan:
+def plan_settings(settings: dict[str, Any], what_if: bool = False) -> MemoryPlan:
     """The plan of a ``memrope generate`` run; UserError for settings the run itself would refuse."""
     try:
-        scenario, devices, decode_device = scenario_from_settings(settings)
+        scenario, devices, decode_device = scenario_from_settings(settings, what_if)
         return make_plan(scenario, devices, decode_device, fp8=settings.get("fp8"))
     except ValueError as e:  # includes WeightFileError
         raise UserError(str(e)) from None
