@@ -188,3 +188,17 @@ def test_run_bench_steady_state_options_on_gpu():
                        matmul_seconds=0.05, cuda_graphs=True, compile=True)
     r = report["results"]["memrope"]
     assert r["steady_state"]["cuda_graphs"]["replayed"] > 0 and r["steady_state"]["kernels"].startswith("compiled")
+
+
+def test_interleaving_is_balanced():
+    from collections import Counter
+
+    from memrope.bench import round_order
+
+    policies = ["a", "b", "c"]
+    sequence = [name for k in range(60) for name in round_order(policies, k)]
+    assert all(sorted(round_order(policies, k)) == policies for k in range(12))
+    firsts = Counter(round_order(policies, k)[0] for k in range(60))
+    assert set(firsts.values()) == {20}
+    follows = Counter((a, b) for a, b in zip(sequence, sequence[1:]) if a != b)
+    assert len(follows) == 6 and max(follows.values()) - min(follows.values()) <= 2  # every ordered pair

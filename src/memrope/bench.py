@@ -19,8 +19,9 @@ against a matmul peak measured in the same run (bf16 on a GPU, fp32 on the CPU).
 policy to ``sliding_window`` and to the reference-style baseline (``memrope_reference_style``, see
 :mod:`memrope.cache.reference_style`) are medians of per-chunk paired ratios and ratios of medians.
 
-On a CPU shared with other work, policies run *interleaved* (chunk k of every policy, in an order
-rotated by k, then chunk k + 1) so that load changes hit all of them alike; on a GPU they run one
+On a CPU shared with other work, policies run *interleaved* (chunk k of every policy, in an order that
+rotates and reverses so that each policy runs first and follows each other equally often, then chunk
+k + 1) so that load changes hit all of them alike; on a GPU they run one
 after the other so that each has its own peak-memory reading.
 """
 
@@ -258,6 +259,16 @@ def ratios(results: dict[str, dict], baseline: str, warmup: int) -> dict[str, di
     return out
 
 
+def round_order(policies: list[str] | tuple[str, ...], k: int) -> list[str]:
+    """The order of round ``k`` of an interleaved run: the rotations of the list, then the rotations of
+    its reverse (a Williams design): no policy always runs first, and each follows every other equally
+    often, so one that leaves the caches cold (the reference-style baseline) slows all others alike."""
+    n = len(policies)
+    order = list(policies) if (k // n) % 2 == 0 else list(reversed(policies))
+    r = k % n
+    return order[r:] + order[:r]
+
+
 # --------------------------------------------------------------------------- the run
 def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_name: str = "toy",
               latent_hw: tuple[int, int] = (8, 8), chunks: int = 16, warmup: int = 5,
@@ -311,8 +322,7 @@ def run_bench(policies: list[str] | tuple[str, ...] = DEFAULT_POLICIES, config_n
             gens = {name: generator(name) for name in policies}
             per_chunk = {name: [] for name in policies}
             for k in range(chunks):
-                for j in range(len(policies)):  # rotate the order so no policy always runs first
-                    name = policies[(j + k) % len(policies)]
+                for name in round_order(policies, k):
                     per_chunk[name].append(gens[name].next_chunk().stats)
                 if progress:
                     print(f"bench: chunk {k + 1}/{chunks}", file=sys.stderr)
