@@ -103,8 +103,8 @@ def test_more_prompts_more_text_and_split_devices_add_up():
 
 
 def test_unbounded_cache_follows_the_doubling_of_its_buffers():
-    from memrope.cache.policy import LayerKV
     from memrope.cache.plan import CacheGeometry
+    from memrope.cache.policy import LayerKV
 
     geo = CacheGeometry(num_layers=1, batch=1, heads=1, head_dim=6, grid=(1, 1), chunk_frames=3)
     layer = LayerKV.allocate(geo, 3, with_raw=False)

@@ -30,7 +30,6 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -370,8 +369,14 @@ def scenario_from_settings(settings: dict[str, Any], what_if: bool = False
 
     ``what_if`` (``memrope plan``): devices need not exist here and a real model needs no files: without
     ``--wan-dir`` the released Wan2.1-T2V-1.3B and Wan VAE sizes are planned (e.g. for a 24 GB card)."""
-    from .models.bundle import BundleOptions, check_decoder, resolve_decode_device, resolve_device, resolve_dtype, \
-        resolve_split
+    from .models.bundle import (
+        BundleOptions,
+        check_decoder,
+        resolve_decode_device,
+        resolve_device,
+        resolve_dtype,
+        resolve_split,
+    )
     from .models.wan_config import wan_config
     from .schedule import load_schedule, parse_inline, schedule_from_data
 

@@ -221,7 +221,8 @@ def test_missing_and_foreign_files(tmp_path):
         TAEHVStreamingDecoder.from_file(tmp_path / "taew2_1.pth")
     foreign = tmp_path / "vae.pth"
     torch.save({"decoder.conv1.weight": torch.zeros(4, 4, 3, 3, 3)}, foreign)
-    with pytest.raises(WeightFileError, match=r"no TAEHV decoder found \(missing decoder.1.weight, decoder.22.weight\)"):
+    with pytest.raises(WeightFileError,
+                       match=r"no TAEHV decoder found \(missing decoder.1.weight, decoder.22.weight\)"):
         TAEHVStreamingDecoder.from_file(foreign)
 
 

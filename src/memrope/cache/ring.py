@@ -191,7 +191,7 @@ class RingKVCache(KVCache):
                 self._steps[key] = step
         if step.fold is not None:
             # frames have equal sizes, so the mean of per-frame means is the mean of the frames
-            means = self.all_layers.extra[MEANS].index_select(1, step.fold).mean(dim=1, keepdim=True)  # [LB, 1, 2, H, D]
+            means = self.all_layers.extra[MEANS].index_select(1, step.fold).mean(dim=1, keepdim=True)  # [LB,1,2,H,D]
             self.policy.fold_means(self.all_layers, plan, means[:, :, 0], means[:, :, 1])
         if step.compact is not None:
             self._compact(step.compact)
@@ -264,7 +264,8 @@ class RingKVCache(KVCache):
         (first, end), *rest = runs(chunk)
         contiguous = not rest and chunk == list(range(first, end))
         return RingStep(fold=fold, compact=compact, memory=memory, memory_rotation=memory_rotation,
-                        memory_slots=memory_slots, memory_dst=memory_dst, shifts=shifts, rot_after=tuple(rot), past_phys=past_phys,
+                        memory_slots=memory_slots, memory_dst=memory_dst, shifts=shifts, rot_after=tuple(rot),
+                        past_phys=past_phys,
                         chunk=chunk, commit_index=self._index(tuple(chunk)),
                         span=slice(first * ft, end * ft) if contiguous else None,
                         tokens=None if contiguous else self._index(tuple(chunk), tokens=True))
@@ -306,7 +307,7 @@ class RingKVCache(KVCache):
         values = [self.policy.memory_value(every, kind) for _, kind, _ in step.memory]  # [LB, 1, H, D] each
         k_mem = torch.cat([k for k, _ in values], dim=1) if len(values) > 1 else values[0][0]  # [LB, n, H, D]
         v_mem = torch.cat([v for _, v in values], dim=1) if len(values) > 1 else values[0][1]
-        pairs = torch.view_as_complex(k_mem.float().unflatten(-1, (-1, 2)).contiguous()).unsqueeze(2)  # [LB, n, 1, H, D/2]
+        pairs = torch.view_as_complex(k_mem.float().unflatten(-1, (-1, 2)).contiguous()).unsqueeze(2)  # [LB,n,1,H,D/2]
         if step.memory_dst is not None:  # fp32 storage, consecutive memory slots: rotate straight into them
             k_dst, v_dst = step.memory_dst
             torch.mul(pairs, step.memory_rotation, out=k_dst)
