@@ -209,3 +209,23 @@ def test_real_wan_run_is_planned_from_its_folder(decoder, tmp_path):
                                                                                       *model.buffers()))
     assert plan.description["decoder"] == {"vae": "Wan VAE", "taehv": "TAEHV"}[decoder]
     assert row["decoder weights"] > 0 and row["decoder activations (peak)"] > 0
+
+
+def test_unmerged_lora_bytes_are_the_adapters_the_model_holds():
+    from memrope.memory_plan import lora_bytes
+    from memrope.models.formats.lora import LORA_TARGETS
+    from memrope.models.lora_linear import attach_lora
+    from memrope.models.wan import WanModel
+
+    cfg, rank = wan_config("tiny"), 4
+    model = WanModel(cfg).eval().requires_grad_(False)
+    pairs = {}
+    for i in range(cfg.num_layers):
+        for target in LORA_TARGETS:
+            lin = model.get_submodule(f"blocks.{i}.{target}")
+            pairs[f"blocks.{i}.{target}"] = {"A": torch.randn(rank, lin.in_features),
+                                             "B": torch.randn(lin.out_features, rank)}
+    attach_lora(model, pairs, 1.0)
+    adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    stacked = sum(b.lora.qkv.a.numel() for b in model.fused_params().blocks)
+    assert lora_bytes(cfg, rank, 4) == 4 * (adapters + stacked)

@@ -136,6 +136,7 @@ class Scenario:
     prompts: int = 1
     seed: int = 0
     total_chunks: int | None = None  # the video's length (only unbounded policies need it)
+    extra: tuple[tuple[str, int], ...] = ()  # per-layer parts counted analytically (unmerged LoRA), bytes
 
 
 class _Marked:
@@ -264,6 +265,17 @@ def simulate(s: Scenario, target: torch.device) -> dict[str, Any]:
             "model": gen.model, "cache": gen.cache}
 
 
+LONGLIVE_LORA_RANK = 256  # LongLive's released lora.pt (PEFT rank 256, alpha 256; shared/REFERENCE.md)
+
+
+def lora_bytes(config: WanConfig, rank: int, element_bytes: int) -> int:
+    """Unmerged LoRA on every Linear of every block (LongLive's targets): A [r, in] and B [out, r] each, plus
+    the fused path's stacked copy of q, k and v's A matrices."""
+    d, f = config.dim, config.ffn_dim
+    per_block = 8 * rank * 2 * d + rank * (d + f) * 2 + 3 * rank * d  # 8 attention linears, 2 FFN, stacked A
+    return config.num_layers * per_block * element_bytes
+
+
 def fp8_bytes(config: WanConfig) -> int:
     """Float8 copies of the six per-block matmul weights (one byte per element; scales negligible)."""
     d, f = config.dim, config.ffn_dim
@@ -293,7 +305,8 @@ def make_plan(s: Scenario, devices: list[torch.device], decode_device: torch.dev
     parts, notes = dict(sim["parts"]), []
     if fp8:
         parts["fp8 weights"] = fp8_bytes(s.config)
-    run_peak = sim["peak"]
+    parts.update(dict(s.extra))
+    run_peak = sim["peak"] + sum(v for _, v in s.extra)
     if s.policy.capacity_frames(s.chunk_frames) is None and s.total_chunks:
         simulated = parts["KV cache and policy state"]
         final, growing = unbounded_cache_bytes(simulated // (chunks_to_simulate(s) * s.chunk_frames),
@@ -422,8 +435,13 @@ def scenario_from_settings(settings: dict[str, Any], what_if: bool = False
             frames = max(1, math.ceil(seconds * settings["fps"]))
             n_latent = math.ceil((math.ceil((frames - 1) / stride) + 1) / chunk) * chunk
         total = n_latent // chunk
+    extra = ()
+    if options.lora is not None and getattr(options, "lora_mode", "merged") == "unmerged":
+        rank = options.lora_rank or LONGLIVE_LORA_RANK
+        extra = ((f"LoRA adapters (unmerged, rank {rank})", lora_bytes(config, rank, torch.finfo(dtype).bits // 8)),)
     scenario = Scenario(config, tuple(latent_hw), dtype, policy, make_decoder, decoder_name, chunk,
-                        prompts=len(schedule.segments), seed=settings.get("seed", 0), total_chunks=total)
+                        prompts=len(schedule.segments), seed=settings.get("seed", 0), total_chunks=total,
+                        extra=extra)
     return scenario, devices, decode_device
 
 

@@ -167,8 +167,11 @@ def test_uint8_frames(net):
     z = latents(3, batch=2)
     frames = dec.decode(z)
     assert frames.dtype == torch.uint8 and frames.shape == (2, 9, 16, 24, 3)
-    pixels = TAEHVStreamingDecoder(net).decode_float(z)
-    assert torch.equal(frames, (pixels * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2))
+    pixels = TAEHVStreamingDecoder(net).decode_float(z).permute(0, 1, 3, 4, 2)
+    # [0, 1] as [-1, 1] (2 x - 1), then the run's quantisation: truncation by default, rounding on request
+    assert torch.equal(frames, (255 * ((2 * pixels - 1 + 1) / 2)).to(torch.uint8))
+    rounded = TAEHVStreamingDecoder(net, pixels="round").decode(z)
+    assert torch.equal(rounded, (255 * ((2 * pixels - 1 + 1) / 2)).round().to(torch.uint8))
 
 
 def test_state_dict_round_trip_resumes_exactly(net, tmp_path):

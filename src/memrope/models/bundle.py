@@ -53,6 +53,8 @@ class BundleOptions:
     dtype: str = "auto"
     prompt_cache: Path | None = None
     decode_device: str | None = None  # e.g. cuda:1: the decoder on its own GPU (None: with the model)
+    pixels: str = "truncate"  # uint8 quantisation of every decoder (models/pixels.py): truncate | round
+    lora_mode: str = "merged"  # LongLive's LoRA: merged into the weights, or unmerged as PEFT runs it
     decoder: str = "vae"  # "vae": the model's own (Wan VAE, toy autoencoder) | "taehv": TAEHV (taew2_1.pth)
     decoder_weights: Path | None = None  # the TAEHV file (default: <wan_dir>/taew2_1.pth)
     split_blocks: str | None = None  # "cuda:0,cuda:1": the transformer's blocks over these devices

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pixels import DEFAULT_PIXELS, check_pixels, quantise
 from .weight_files import WeightFileError, check_state_dict, read_state_dict
 
 TAEW21_FILE = "taew2_1.pth"
@@ -52,7 +53,6 @@ STAGES = 3  # upsampling stages of the decoder
 BLOCKS_PER_STAGE = 3  # memory blocks per stage
 IMAGE_CHANNELS = 3
 _ENCODER_PREFIX = "encoder."
-_UINT8_MAX = 255.0
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,10 @@ class TAEHVStreamingDecoder:
     """The ``LatentDecoder`` for ``--decoder taehv``: latent chunks [B, C, F, h, w] -> uint8 frames
     [B, T, H, W, 3] on the CPU, with the causal state carried across chunks (see module doc)."""
 
-    def __init__(self, net: TAEHVDecoderNet, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, net: TAEHVDecoderNet, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 pixels: str = DEFAULT_PIXELS):
         self.config = net.config
+        self.pixels = check_pixels(pixels)  # uint8 quantisation of decode() (memrope.models.pixels)
         self.device = torch.device(device)
         self.dtype = dtype
         self.net = net.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
@@ -245,10 +247,10 @@ class TAEHVStreamingDecoder:
         return pixels[:, trim:]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """A chunk -> uint8 frames [B, T, H, W, 3] on the CPU (round(255 x), as upstream writes video)."""
-        pixels = self.decode_float(latents)
-        frames = (pixels.float() * _UINT8_MAX).round_().to(torch.uint8)
-        return frames.permute(0, 1, 3, 4, 2).contiguous().cpu()
+        """A chunk -> uint8 frames [B, T, H, W, 3] on the CPU: [0, 1] pixels mapped to the [-1, 1] of
+        every other decoder (as Self-Forcing's demo wraps TAEHV: ``2 x - 1``), then the run's quantisation."""
+        pixels = self.decode_float(latents).float().mul_(2).sub_(1)
+        return quantise(pixels, self.pixels).permute(0, 1, 3, 4, 2).contiguous().cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Each memory block's last input frame (``memory.<layer>``) and the frames decoded so far."""
@@ -271,8 +273,8 @@ class TAEHVStreamingDecoder:
         self._frames_out = int(state["frames_decoded"])
 
     @classmethod
-    def from_file(cls, path: str | Path, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> TAEHVStreamingDecoder:
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  pixels: str = DEFAULT_PIXELS) -> TAEHVStreamingDecoder:
         """Load ``taew2_1.pth`` (or its safetensors copy), validated against a meta-device build first."""
         state = read_state_dict(path, TAEHV_FORMAT)
         decoder_state = {k: v for k, v in state.items() if not k.startswith(_ENCODER_PREFIX)}
@@ -284,4 +286,4 @@ class TAEHVStreamingDecoder:
         if bad:
             raise WeightFileError(f"{path}: non-finite values in {', '.join(sorted(bad)[:5])}; expected {TAEHV_FORMAT}")
         net.load_state_dict(decoder_state, strict=True, assign=True)
-        return cls(net, device, dtype)
+        return cls(net, device, dtype, pixels)
