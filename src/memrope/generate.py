@@ -204,7 +204,9 @@ class StreamingGenerator:
         """One transformer pass of a generated chunk: eager while the cache fills; in the steady state
         with the compiled kernels and, where captured, replayed as a CUDA graph (``models/graphs.py``)."""
         cond, cache = self.conditioning(t), self.cache
-        kernels = self.kernels if cache.full() else EAGER
+        kernels = self.kernels if self.kernels is not EAGER and cache.full() else EAGER
+        if self.graphs.backend is None:  # graphs off: the plain pass
+            return self.model(x, cond, self.text, cache, commit=commit, fused=self._fused, kernels=kernels)
 
         def run(xs: torch.Tensor) -> torch.Tensor:
             return self.model(xs, cond, self.text, cache, commit=commit, fused=self._fused, kernels=kernels)
