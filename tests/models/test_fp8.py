@@ -66,3 +66,17 @@ def test_dynamic_fp8_runs_on_a_capable_gpu():
     text = model.encode_text(torch.randn(1, 8, 24, device="cuda"))
     gen = StreamingGenerator(model, make_policy("memrope"), text, GenerationConfig(TINY_LATENT_HW), fp8="dynamic")
     assert all(torch.isfinite(gen.next_chunk().latents).all() for _ in range(5))
+
+
+def test_cli_fp8_dynamic_on_the_cpu_is_one_line_before_any_file(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "v.mp4"
+    proc = subprocess.run([sys.executable, "-m", "memrope.cli", "generate", "--fp8", "dynamic", "--device", "cpu",
+                           "--latent-frames", "3", "--out", str(out), "--no-progress"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "memrope: error: --fp8 dynamic needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper), not cpu; "
+        "use --fp8 weight (float8 weights only) or leave --fp8 off"]
+    assert not out.exists()

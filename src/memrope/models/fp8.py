@@ -21,6 +21,10 @@ projections use them), so FP8 here is about speed, not memory.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -29,6 +33,22 @@ from .wan_fused import FusedBlock, FusedParams
 FP8_MODES = ("dynamic", "weight")
 MATMUL_WEIGHTS = ("w_qkv", "w_o", "w_cq", "w_co", "w_ffn1", "w_ffn2")  # FusedBlock fields quantised
 FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (8.9) and Hopper (9.0) and later
+# torchao's import logs a warning per CUDA extension it cannot load on a machine without them, and torch
+# one per enum torchao registers: a user error must stay one line, so they are quiet while it loads
+_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _IMPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def check_fp8(mode: str, device: torch.device) -> None:
@@ -36,7 +56,8 @@ def check_fp8(mode: str, device: torch.device) -> None:
     if mode not in FP8_MODES:
         raise ValueError(f"--fp8 must be one of {', '.join(FP8_MODES)}, got {mode!r}")
     try:
-        import torchao  # noqa: F401
+        with _quiet_import():
+            import torchao  # noqa: F401
     except ImportError:
         raise ValueError("--fp8 needs torchao: pip install 'memrope[fp8]'") from None
     if mode == "dynamic":
