@@ -229,3 +229,17 @@ def test_unmerged_lora_bytes_are_the_adapters_the_model_holds():
     adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     stacked = sum(b.lora.qkv.a.numel() for b in model.fused_params().blocks)
     assert lora_bytes(cfg, rank, 4) == 4 * (adapters + stacked)
+
+
+def test_an_unbounded_cache_is_planned_at_the_video_s_end():
+    """``full`` keeps every frame: the plan extrapolates its cache to the end of the video (the buffers
+    double, ``LayerKV.grow``), where a real run of that length holds exactly that many bytes."""
+    base = scenario("tiny", "full")
+    chunks = 9
+    planned = make_plan(Scenario(**{**base.__dict__, "total_chunks": chunks}), [CPU], CPU)
+    gen = run_scenario(base, "cpu")
+    with torch.no_grad():
+        while gen.cache.clock.chunks < chunks:
+            gen.next_chunk()
+    assert planned.devices["cpu"]["KV cache and policy state"] == gen.cache.nbytes()
+    assert any("grows to" in note for note in planned.notes)

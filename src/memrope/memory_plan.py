@@ -230,6 +230,8 @@ def simulate(s: Scenario, target: torch.device) -> dict[str, Any]:
     with _FusedAttention(), tracker:
         gen = run_scenario(s, "meta", tracker.mark, fill_without_passes=True)
         cache_bytes = gen.cache.nbytes()
+        cache = gen.cache.parts()[0][1]
+        cache_frames = cache.layers[0].capacity_tokens() // cache.geometry.frame_tokens  # allocated
     at = {}
     for name, live, _ in tracker.marks:
         at.setdefault(name, live)
@@ -262,7 +264,7 @@ def simulate(s: Scenario, target: torch.device) -> dict[str, Any]:
     }
     parts["latents and other steady state"] = max(0, steady - sum(parts.values()))
     return {"parts": parts, "steady": steady, "act_transformer": act_t, "act_decoder": act_d, "peak": tracker.peak,
-            "model": gen.model, "cache": gen.cache}
+            "model": gen.model, "cache": gen.cache, "cache_frames": cache_frames}
 
 
 LONGLIVE_LORA_RANK = 256  # LongLive's released lora.pt (PEFT rank 256, alpha 256; shared/REFERENCE.md)
@@ -309,7 +311,7 @@ def make_plan(s: Scenario, devices: list[torch.device], decode_device: torch.dev
     run_peak = sim["peak"] + sum(v for _, v in s.extra)
     if s.policy.capacity_frames(s.chunk_frames) is None and s.total_chunks:
         simulated = parts["KV cache and policy state"]
-        final, growing = unbounded_cache_bytes(simulated // (chunks_to_simulate(s) * s.chunk_frames),
+        final, growing = unbounded_cache_bytes(simulated // sim["cache_frames"],
                                                s.chunk_frames, s.total_chunks)
         parts["KV cache and policy state"] = final
         run_peak += growing - simulated
