@@ -78,6 +78,18 @@ def test_state_moves_between_split_and_unsplit_runs():
         assert all(torch.equal(r.latents, x) for r, x in zip(g2.stream(8), ref[5:], strict=True))
 
 
+def test_split_passes_are_not_captured():
+    from tests.models.test_graphs import TapeBackend
+
+    m = model(CPU2)
+    gen = StreamingGenerator(m, make_policy("memrope"), text_for(m)[0], GenerationConfig(TINY_LATENT_HW),
+                             graph_backend=TapeBackend())
+    assert gen.graphs.backend is None and gen.graphs.reason == "passes over split blocks cross devices and are not " \
+        "captured"
+    list(gen.stream(6))
+    assert gen.cache.pass_signature() is None
+
+
 def test_moving_the_whole_model_undoes_the_split():
     m = model(CPU2)
     assert len(m.stages()) == 2

@@ -141,8 +141,12 @@ class StreamingGenerator:
         fusing = self._fused is not None
         self.kernels = compiled_kernels(None if compile is True else compile) if compile and fusing else EAGER
         # ``graph_backend``: what captures the passes (None: CUDA graphs on a CUDA device; tests pass one).
-        self.graphs = PassGraphs(graph_backend) if graph_backend is not None and fusing else \
-            PassGraphs.for_device(self.device, cuda_graphs and fusing)
+        if len(self.cache.parts()) > 1 and (cuda_graphs or graph_backend is not None):
+            self.graphs = PassGraphs(None, "passes over split blocks cross devices and are not captured")
+        elif graph_backend is not None and fusing:
+            self.graphs = PassGraphs(graph_backend)
+        else:
+            self.graphs = PassGraphs.for_device(self.device, cuda_graphs and fusing)
         self.cache.static_writes = self.graphs.backend is not None
         if decoder is not None:
             decoder.reset()
