@@ -223,7 +223,9 @@ class MUSIQ(nn.Module):
         return self.score_patches(packed)
 
 
-def load_musiq(path: Path) -> MUSIQ:
-    """A pyiqa MUSIQ checkpoint (a flat state dict; ``module.`` stripped as pyiqa's clean_state_dict does)."""
+def load_musiq(path: Path, cfg: MusiqConfig | None = None) -> MUSIQ:
+    """A pyiqa MUSIQ checkpoint (a flat state dict; ``module.`` stripped as pyiqa's clean_state_dict does),
+    checked against `cfg` (VBench's MUSIQ by default)."""
+    cfg = cfg or MusiqConfig()
     sd = strip_prefix(tensors_under(read_checkpoint(path), Path(path)), "module.")
-    return load_checked(MUSIQ, sd, Path(path), "MUSIQ")
+    return load_checked(lambda: MUSIQ(cfg), sd, Path(path), "MUSIQ")
