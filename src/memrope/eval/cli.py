@@ -39,6 +39,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--prompts", default=None, help="comma-separated prompt id per video, to pair methods")
     p.add_argument(
+        "--text",
+        action="append",
+        default=None,
+        metavar="PROMPT",
+        help="the prompt text of a video, for overall consistency (once for all videos, or once per video in order)",
+    )
+    p.add_argument(
         "--feature-fps",
         type=float,
         default=None,
@@ -77,6 +84,11 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"memrope eval: {e}") from e
     n = len(args.videos)
+    texts = args.text
+    if texts is not None and len(texts) not in (1, n):
+        raise SystemExit(f"--text: got {len(texts)} prompts for {n} videos (give one, or one per video)")
+    if texts is not None and len(texts) == 1:
+        texts = texts * n
     ev = evaluate_videos(
         args.videos,
         args.out,
@@ -84,6 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
         labels=_split(args.labels, n, "labels"),
         prompts=_split(args.prompts, n, "prompts"),
         config=config,
+        texts=texts,
         progress=not args.no_progress,
     )
     for v in ev.videos:
