@@ -210,3 +210,14 @@ def test_quality_drift_from_frames_and_from_segments():
     starts = np.arange(0, 20, 2.0)
     s = long_drift_from_segments("dynamic_degree", starts, starts + 2, np.where(starts < 10, 1.0, 0.0), seconds)
     assert (s.first_5s, s.last_5s, s.quality_drift, s.basis, s.vde_name) == (1.0, 0.0, 1.0, "segments", "VDE-Dynamic")
+
+
+def test_vbench_quality_score_closed_form():
+    from memrope.eval.vbench_scores import quality_score
+
+    scores = {"subject_consistency": 1.0, "background_consistency": 1.0, "temporal_flickering": 1.0,
+              "motion_smoothness": 0.9975, "dynamic_degree": 0.0, "aesthetic_quality": 0.5, "imaging_quality": 0.5}
+    assert quality_score(scores) == pytest.approx((1 + 1 + 1 + 1 + 0 * 0.5 + 0.5 + 0.5) / 6.5)
+    scores["subject_consistency"] = 0.1462
+    assert quality_score(scores) == pytest.approx((0 + 1 + 1 + 1 + 0 + 0.5 + 0.5) / 6.5)
+    assert math.isnan(quality_score({**scores, "imaging_quality": math.nan}))

@@ -84,6 +84,18 @@ def drift_for(analysis: VideoAnalysis, thresholds: Mapping[str, float]) -> dict[
     return out
 
 
+def add_quality_score(analysis: VideoAnalysis) -> None:
+    """VBench's Quality Score (whole video and per segment) when all seven quality dimensions are computed."""
+    from memrope.eval.vbench_scores import NORMALIZATION, QUALITY_SCORE, quality_score
+
+    if not all(name in analysis.whole for name in NORMALIZATION):
+        return
+    analysis.whole[QUALITY_SCORE.name] = quality_score(analysis.whole)
+    analysis.per_segment[QUALITY_SCORE.name] = np.array([
+        quality_score({n: analysis.per_segment[n][k] for n in NORMALIZATION}) for k in range(analysis.n_segments)])
+    analysis.specs[QUALITY_SCORE.name] = QUALITY_SCORE
+
+
 def long_drift_for(analysis: VideoAnalysis) -> dict[str, LongDrift]:
     """Quality drift and VDE of every metric: from per-frame values where kept, else the segment curve."""
     duration = analysis.seconds_evaluated
@@ -177,6 +189,7 @@ def evaluate_videos(
         features = suite.fresh_metrics(probe_video(path).fps, text_for)
         name = method if prompts.count(prompt) == len(prompts) else f"{method}/{prompt}"
         analysis = analyze_video(path, config, label=name, features=features, progress=progress)
+        add_quality_score(analysis)
         analysis.skipped.update({**suite.skipped, **suite.video_skips(text_for)})
         skipped.update(suite.video_skips(text_for))
         specs.update(analysis.specs)

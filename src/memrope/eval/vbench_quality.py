@@ -7,7 +7,7 @@ converts to float before any transform), resized when the longer side exceeds 51
 divided by 255, scored one by one by MUSIQ; a clip's score is the mean over its frames and the
 dimension is that / 100. VBench-Long: the mean of the clip scores (then / 100).
 
-Overall consistency, ``vbench/overall_consistency.py``: 8 frames of a clip at the middle of 8 equal
+Overall consistency, Vchitect/VBench@45e79ec1 ``vbench/overall_consistency.py``: 8 frames of a clip at the middle of 8 equal
 intervals (``get_frame_indices(8, n, 'middle')``; the last index repeated when n < 8), CLIP's
 transform (bicubic resize of the short side to 224 on uint8 frames, centre crop, CLIP
 normalisation), ViCLIP's video embedding against the text embedding of the clip's prompt, both
