@@ -1,4 +1,4 @@
-"""`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--segment-seconds S]`.
+"""`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--text PROMPT] [--segment-seconds S]`.
 
 add_eval_parser(subparsers) registers the subcommand on memrope's top-level argparse parser; the
 handler evaluates the videos and writes the report.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from memrope.errors import UserError
 from memrope.eval.config import VBENCH_LONG_CLIP_SECONDS, EvalConfig
 
 
@@ -26,7 +27,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "--weights-dir",
         type=Path,
         default=None,
-        help="local folder with DINO/CLIP/LAION weights (HF folders, VBench cache or original files)",
+        help="local folder with the VBench networks' weights (VBench's cache layout, the original files, or "
+        "HF folders for DINO/CLIP); see `memrope weights check DIR`",
     )
     p.add_argument(
         "--segment-seconds",
@@ -86,7 +88,7 @@ def run_eval(args: argparse.Namespace) -> int:
     n = len(args.videos)
     texts = args.text
     if texts is not None and len(texts) not in (1, n):
-        raise SystemExit(f"--text: got {len(texts)} prompts for {n} videos (give one, or one per video)")
+        raise UserError(f"--text: got {len(texts)} prompts for {n} videos (give one, or one per video)")
     if texts is not None and len(texts) == 1:
         texts = texts * n
     ev = evaluate_videos(
