@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from memrope.eval.config import EvalConfig, stride_for
 from memrope.eval.flicker import TEMPORAL_FLICKERING, flicker_score, mean_abs_diff
+from memrope.eval.heap import fix_mmap_threshold
 from memrope.eval.histogram import HISTOGRAM_DRIFT, HistogramDrift
 from memrope.eval.image_stats import IMAGE_STAT_SPECS, SHARPNESS, colour_stats, sharpness
 from memrope.eval.motion import MOTION_SPECS, MotionTracker
@@ -101,6 +102,7 @@ def analyze_video(
     """Evaluate one video in a single lazy pass. `features` are optional network-based metrics."""
     config = config or EvalConfig()
     info = probe_video(path)
+    fix_mmap_threshold()  # frame-sized buffers must not fragment the heap over an hour (heap.py)
     started = time.perf_counter()
     seg_len = config.segment_seconds
     flow_stride = stride_for(info.fps, config.flow_fps)
