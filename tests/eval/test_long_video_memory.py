@@ -27,7 +27,6 @@ import av
 import numpy as np
 import psutil
 import pytest
-
 import torch
 from torch import nn
 

@@ -91,7 +91,8 @@ def test_musiq_real_size_and_loading(tmp_path):
     img = torch.rand(2, 3, 50, 70)
     with torch.inference_mode():
         assert torch.equal(loaded(img), model(img))
-    with pytest.raises(CheckpointMismatch, match=r"not a MUSIQ checkpoint: .*mis-shaped keys \['embedding.bias \(64,\) \(expected \(384,\)\)"):
+    wrong = r"not a MUSIQ checkpoint: .*mis-shaped keys \['embedding.bias \(64,\) \(expected \(384,\)\)"
+    with pytest.raises(CheckpointMismatch, match=wrong):
         load_musiq(path)  # a tiny file is not the real-size MUSIQ the real path builds
 
 
@@ -143,11 +144,12 @@ def slow_bpe_ids(text, merges):
 
     enc = bytes_to_unicode()
     symbols = list(enc.values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
     ids = {t: i for i, t in enumerate(vocab)}
     ranks = {m: i for i, m in enumerate(merges)}
-    pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                        regex.IGNORECASE)
+    words = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+    pat = regex.compile(words, regex.IGNORECASE)
     out = []
     for token in regex.findall(pat, " ".join(text.split()).lower()):
         word = [enc[b] for b in token.encode("utf-8")]

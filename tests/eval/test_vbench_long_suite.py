@@ -124,7 +124,8 @@ def test_weights_check_lists_found_missing_expected_names_and_origins(tmp_path, 
 
 def test_weights_check_of_a_missing_folder_is_a_user_error(tmp_path, capsys):
     assert main(["weights", "check", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.strip() == f"memrope: error: weights folder {tmp_path / 'nope'} does not exist or is not a folder"
+    err = capsys.readouterr().err.strip()
+    assert err == f"memrope: error: weights folder {tmp_path / 'nope'} does not exist or is not a folder"
 
 
 def test_text_count_must_match_the_videos(tmp_path, video, capsys):
@@ -132,4 +133,5 @@ def test_text_count_must_match_the_videos(tmp_path, video, capsys):
     code = main(["eval", str(path), str(path), "--out", str(tmp_path / "r"), "--text", "a", "--text", "b",
                  "--text", "c", "--no-progress"])
     assert code == 2 and not (tmp_path / "r").exists()
-    assert capsys.readouterr().err.strip() == "memrope: error: --text: got 3 prompts for 2 videos (give one, or one per video)"
+    err = capsys.readouterr().err.strip()
+    assert err == "memrope: error: --text: got 3 prompts for 2 videos (give one, or one per video)"

@@ -8,10 +8,10 @@ round(4 * n / 16) pairs (Python rounding, n = sampled frames) score above 6 * mi
 unpadded frame) - with a count of 0, any one pair makes it dynamic. VBench-Long's score for a long
 video is the share of dynamic 2 s clips (``vbench2_beta_long/utils.py`` reorganize_clips_results).
 
-Motion smoothness, Vchitect/VBench@45e79ec1 ``vbench/motion_smoothness.py``: the clip's even frames (0, 2, 4, ...) in 0..1,
-replicate-padded to multiples of 16, are interpolated pairwise at t = 0.5 by AMT-S; each prediction is
-cast back to uint8 by truncation ((x * 255).clip(0, 255).astype(uint8)) and compared with the odd
-frame it replaces by mean |difference| over pixels and channels (cv2.absdiff); the clip scores
+Motion smoothness, Vchitect/VBench@45e79ec1 ``vbench/motion_smoothness.py``: the clip's even frames
+(0, 2, 4, ...) in 0..1, replicate-padded to multiples of 16, are interpolated pairwise at t = 0.5 by
+AMT-S; each prediction is cast back to uint8 by truncation ((x * 255).clip(0, 255).astype(uint8))
+and compared with the odd frame it replaces by mean |difference| over pixels and channels (cv2.absdiff); the clip scores
 (255 - mean of those) / 255, and a long video the mean over its clips.
 
 Deviations: frames come from PyAV, VBench decodes them with OpenCV (same decoder library, FFmpeg;

@@ -7,9 +7,9 @@ converts to float before any transform), resized when the longer side exceeds 51
 divided by 255, scored one by one by MUSIQ; a clip's score is the mean over its frames and the
 dimension is that / 100. VBench-Long: the mean of the clip scores (then / 100).
 
-Overall consistency, Vchitect/VBench@45e79ec1 ``vbench/overall_consistency.py``: 8 frames of a clip at the middle of 8 equal
-intervals (``get_frame_indices(8, n, 'middle')``; the last index repeated when n < 8), CLIP's
-transform (bicubic resize of the short side to 224 on uint8 frames, centre crop, CLIP
+Overall consistency, Vchitect/VBench@45e79ec1 ``vbench/overall_consistency.py``: 8 frames of a clip
+at the middle of 8 equal intervals (``get_frame_indices(8, n, 'middle')``; the last index repeated
+when n < 8), CLIP's transform (bicubic resize of the short side to 224 on uint8 frames, centre crop, CLIP
 normalisation), ViCLIP's video embedding against the text embedding of the clip's prompt, both
 normalised: the cosine. VBench-Long's default clip length for this dimension is 10 s
 (``vbench2_beta_long/configs/clip_length_mix.yaml``), not 2 s: ViCLIP was trained on longer clips.
@@ -184,7 +184,8 @@ class OverallConsistencyMetric:
             if segment < n_segments and clip in self._clip_scores:
                 per[segment] = self._clip_scores[clip]
         scores = list(self._clip_scores.values())
-        return {OVERALL_CONSISTENCY.name: per}, {OVERALL_CONSISTENCY.name: float(np.mean(scores)) if scores else math.nan}
+        whole = float(np.mean(scores)) if scores else math.nan
+        return {OVERALL_CONSISTENCY.name: per}, {OVERALL_CONSISTENCY.name: whole}
 
     def provenance(self) -> dict:
         return self._provenance

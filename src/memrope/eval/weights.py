@@ -8,8 +8,6 @@ modules. A missing network is reported as skipped with the places that were sear
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 from transformers import CLIPVisionModelWithProjection, ViTModel
 

@@ -33,7 +33,7 @@ END_OF_WORD = "</w>"
 @lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -52,7 +52,8 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
     merges = [tuple(line.split()) for line in lines[1 : MERGE_LINES + 1] if line.strip()]
     bad = [m for m in merges if len(m) != 2]
     if bad or not merges:
-        raise CheckpointMismatch(f"{path}: expected one 'a b' merge per line after the header, found {bad[:2] or 'none'}")
+        found = bad[:2] or "none"
+        raise CheckpointMismatch(f"{path}: expected one 'a b' merge per line after the header, found {found}")
     return merges
 
 

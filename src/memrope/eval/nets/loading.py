@@ -87,7 +87,7 @@ def check_against(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Ten
         if k in sd and tuple(sd[k].shape) != tuple(expected[k])
     )
     problems = [
-        f"{label} {items[:REPORTED_KEYS]}" + (f" and {len(items) - REPORTED_KEYS} more" if len(items) > REPORTED_KEYS else "")
+        f"{label} {items[:REPORTED_KEYS]}" + (f" and {len(items) - REPORTED_KEYS} more" * (len(items) > REPORTED_KEYS))
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", shaped))
         if items
     ]
