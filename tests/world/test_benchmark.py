@@ -38,3 +38,19 @@ def test_tiny_run_writes_table_json_and_plots(tmp_path):
     assert truth["identity"]["first"]["mean"] == 1.0 and truth["off_world"]["last"]["mean"] == 0.0
     assert "| memrope |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "drift_identity.png").stat().st_size > 0
+
+
+def test_the_benchmark_rounds_frames_as_its_ground_truth_is_rendered(monkeypatch):
+    """The ground truth is rounded (np.rint); the model's frames are too, whatever the generator's default."""
+    from memrope.world import benchmark
+
+    asked = {}
+
+    def spy(**kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(benchmark, "load_default", spy)
+    with pytest.raises(RuntimeError, match="stop here"):
+        benchmark.run_benchmark(BenchmarkConfig(policies=("memrope",), horizons=(12,), seeds=2))
+    assert asked == {"pixels": "round"} == {"pixels": benchmark.BENCHMARK_PIXELS}
