@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_parser(sub)
+    from .eval.weights_check import add_weights_parser
+
+    add_weights_parser(sub)
     return parser
 
 

@@ -45,8 +45,7 @@ DEFAULTS: dict[str, Any] = {
 }
 MODEL_ONLY = {"checkpoint": "--checkpoint", "wan_dir": "--wan-dir", "lora": "--lora", "lora_rank": "--lora-rank",
               "lora_alpha": "--lora-alpha", "lora_mode": "--lora-mode", "use_ema": "--no-ema", "height": "--height",
-              "width": "--width", "prompt_cache": "--prompt-cache", "decoder": "--decoder",
-              "decoder_weights": "--decoder-weights"}
+              "width": "--width", "prompt_cache": "--prompt-cache"}
 """Options only a real model reads: refused without ``--model`` instead of silently ignored."""
 
 LENGTH_KEYS = ("latent_frames", "duration")
