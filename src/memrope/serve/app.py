@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import hmac
 import ipaddress
+import socket
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ NOT_FOR_SERVE = ("out", "stats", "resume", "run_dir", "latent_frames", "duration
                  "no_progress", "save_latents", "lossless")
 """generate options that mean nothing to a server (its streams have no fixed length or destination)."""
 SERVE_CHECKPOINT_EVERY = 16
+VIEWER_SEND_BUFFER = 256 * 1024
+"""Kernel send buffer of a viewer's socket, fixed (Linux would grow it to megabytes for a reader that stalls)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +110,6 @@ class Server:
         from ..cache import make_policy
         from ..vocabulary import check_toy_prompt
 
-        self.reap()
-        if len(self.active()) >= self.limits.streams:
-            raise UserError(f"{self.limits.streams} stream(s) are running, the most this server makes at once: "
-                            f"stop one first")
         settings = {**self.settings, "model": dict(self.settings["model"])}
         prompt = message.get("prompt", settings["schedule"][0]["prompt"])
         policy = message.get("policy", settings["policy"])
@@ -120,6 +119,10 @@ class Server:
                 check_toy_prompt(prompt)
         except ValueError as e:
             raise UserError(str(e)) from None
+        self.reap()  # (a bad prompt or policy is told first)
+        if len(self.active()) >= self.limits.streams:
+            raise UserError(f"{self.limits.streams} stream(s) are running, the most this server makes at once: "
+                            f"stop one first")
         settings.update(policy=policy, seed=message.get("seed", settings["seed"]), duration=None,
                         latent_frames=settings["chunk_frames"], schedule=[{"prompt": prompt, "seconds": None,
                                                                            "cut": False}])
@@ -207,6 +210,9 @@ def make_app(server: Server):
         ws = web.WebSocketResponse(max_msg_size=server.limits.upload_bytes + server.limits.message_bytes,
                                    heartbeat=30.0)
         await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None:  # a fixed kernel buffer: a stalled viewer backs up into its bounded queue at once
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SEND_BUFFER)
         server.connections += 1
         viewer = Viewer(ws, server.limits)
         viewer.task = asyncio.get_running_loop().create_task(viewer.run())
@@ -222,9 +228,6 @@ def make_app(server: Server):
                     viewer.offer("status", {"type": "error", "message": "too many messages: slow down"})
                     continue
                 try:
-                    if msg.type == WSMsgType.TEXT and len(msg.data) > server.limits.message_bytes \
-                            and not msg.data.lstrip().startswith('{"type":"start"'):
-                        raise ProtocolError(f"message of {len(msg.data)} bytes; at most {server.limits.message_bytes}")
                     message = parse_message(msg.data, server.limits)
                     reply = server.handle(message, viewer, watching, loop)
                 except (ProtocolError, UserError) as e:

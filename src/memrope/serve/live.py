@@ -116,6 +116,7 @@ class LiveSession:
         self.id, self.settings, self.run_dir, self.loop = stream_id, settings, run_dir, loop
         self.limits, self.pace, self.upload, self.init_chunks = limits, pace, upload, init_chunks
         self.viewers: set[Viewer] = set()
+        self.dropped = 0  # chunks dropped for slow viewers, over the stream's life
         self.state = "starting"
         self.reason: str | None = None
         self.stream = None  # memrope.stream.LiveStream, once the model is loaded
@@ -165,7 +166,8 @@ class LiveSession:
     def info(self) -> dict[str, Any]:
         return {"stream": self.id, "state": self.state, "policy": self.policy, "chunks": self.chunks,
                 "viewers": len(self.viewers), "pace": self.pace, "prompt": self.stream.prompt if self.stream else
-                self.settings["schedule"][0]["prompt"], "run": self.run_dir.name, "reason": self.reason}
+                self.settings["schedule"][0]["prompt"], "run": self.run_dir.name, "reason": self.reason,
+                "dropped": self.dropped + sum(v.dropped for v in self.viewers)}
 
     # ------------------------------------------------------------------ viewers
     def add_viewer(self, viewer: Viewer) -> None:
@@ -175,12 +177,14 @@ class LiveSession:
         viewer.offer("status", {"type": "watching", **self.info()})
 
     def remove_viewer(self, viewer: Viewer) -> None:
-        self.viewers.discard(viewer)
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self.dropped += viewer.dropped
 
     def _on_loop(self, kind: str, payload: Any) -> None:
         for viewer in list(self.viewers):
             if viewer.closed:
-                self.viewers.discard(viewer)
+                self.remove_viewer(viewer)
             else:
                 viewer.offer(kind, payload)
 
@@ -289,6 +293,11 @@ class LiveSession:
                     self._resume.wait()
                     t0 = time.perf_counter() - frames_out / fps
         self._set_state("stopping", self.stream.stopped_by)
+        if self.chunks == 0:  # stopped before its first chunk: no video to assemble, nothing to resume
+            for log in sink.logs:
+                log.close()
+            self._set_state("stopped", "stopped before its first chunk")
+            return
         self._record(sink, prepared)
         sink.finish(complete=True)
         self._set_state("stopped", self.stream.stopped_by)

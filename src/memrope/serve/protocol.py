@@ -5,8 +5,9 @@ Every WebSocket message is JSON text, one object with a ``type``. A message is r
 valid UTF-8 JSON, not an object, of an unknown type, has unknown or missing fields, a field of the
 wrong type or out of range, a prompt longer than :attr:`Limits.prompt_chars`, or arrives faster than
 the connection's rate (a token bucket of :attr:`Limits.messages_per_s`, burst
-:attr:`Limits.message_burst`). The WebSocket layer itself closes a connection whose message is larger
-than :attr:`Limits.message_bytes` (or, for ``start`` with an image or video, :attr:`Limits.upload_bytes`);
+:attr:`Limits.message_burst`), or is longer than :attr:`Limits.message_bytes` (only a ``start`` with an
+image or a video may be longer, up to :attr:`Limits.upload_bytes`). The WebSocket layer itself closes
+a connection whose message exceeds the sum of the two (close code 1009, before reading it all);
 binary messages from clients are refused. No message names a file: an uploaded image or video is
 stored by the server under a name of its own in the stream's run directory, keeping only its suffix
 from a fixed list.
@@ -90,6 +91,9 @@ def parse_message(text: str | bytes, limits: Limits) -> dict[str, Any]:
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in FIELDS:
         raise ProtocolError(f"unknown message type {str(kind)[:40]!r}; known: {', '.join(FIELDS)}")
+    if len(text) > limits.message_bytes and not (kind == "start" and "init" in message):
+        raise ProtocolError(f"message of {len(text)} characters; at most {limits.message_bytes} (only a start "
+                            f"with an image or a video may be larger)")
     fields = FIELDS[kind]
     unknown = sorted(set(message) - set(fields) - {"type"})
     if unknown:
