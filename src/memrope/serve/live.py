@@ -243,14 +243,16 @@ class LiveSession:
     def _work(self) -> None:
         try:
             self._generate()
-        except UserError as e:
-            self._set_state("failed", str(e))
-        except RunFailure as e:
-            self._set_state("failed", str(e))
+        except (UserError, RunFailure) as e:
+            self._set_state("failed", self._for_client(str(e)))
         except OSError as e:
             self._set_state("failed", f"writing the run directory failed ({e.strerror})")
         except Exception as e:  # a bug: keep the server up, say what happened
-            self._set_state("failed", f"{type(e).__name__}: {e}")
+            self._set_state("failed", self._for_client(f"{type(e).__name__}: {e}"))
+
+    def _for_client(self, message: str) -> str:
+        """A message with the server's folders left out (the run directory is named by its id)."""
+        return message.replace(str(self.run_dir.resolve()), self.id).replace(str(self.run_dir), self.id)
 
     def _generate(self) -> None:
         if self._stop:
