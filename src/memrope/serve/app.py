@@ -89,6 +89,7 @@ class Server:
     sessions: dict[str, LiveSession] = field(default_factory=dict)
     finished: deque = field(default_factory=lambda: deque(maxlen=FINISHED_KEPT))
     connections: int = 0
+    sockets: set = field(default_factory=set)  # open WebSockets, closed when the server shuts down
 
     def active(self) -> list[LiveSession]:
         return [s for s in self.sessions.values() if s.active]
@@ -188,7 +189,7 @@ def same_origin(request) -> bool:
 
 
 def make_app(server: Server):
-    from aiohttp import WSMsgType, web
+    from aiohttp import WSCloseCode, WSMsgType, web
 
     async def page(request):
         if not server.authorised(request):
@@ -214,6 +215,7 @@ def make_app(server: Server):
         if sock is not None:  # a fixed kernel buffer: a stalled viewer backs up into its bounded queue at once
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SEND_BUFFER)
         server.connections += 1
+        server.sockets.add(ws)
         viewer = Viewer(ws, server.limits)
         viewer.task = asyncio.get_running_loop().create_task(viewer.run())
         rate = RateLimit(server.limits.messages_per_s, server.limits.message_burst)
@@ -235,6 +237,7 @@ def make_app(server: Server):
                 viewer.offer("status", reply)
         finally:
             server.connections -= 1
+            server.sockets.discard(ws)
             for session in watching:
                 session.remove_viewer(viewer)
             await viewer.close()
@@ -245,6 +248,8 @@ def make_app(server: Server):
     async def shutdown(app):
         for session in list(server.sessions.values()):
             session.stop()
+        for ws in list(server.sockets):  # (else the server waits for every client to hang up)
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         loop = asyncio.get_running_loop()
         for session in list(server.sessions.values()):
             if session.thread.is_alive():

@@ -304,6 +304,11 @@ class LiveSession:
         sink.finish(complete=True)
         self._set_state("stopped", self.stream.stopped_by)
 
+    def _prompt_of(self, stats: dict[str, Any]) -> str:
+        """The prompt of the chunk yielded (the stream's own ``prompt`` may be a chunk ahead: the pending one)."""
+        index = stats.get("prompt_index")
+        return self.stream.prompt if index is None else self.stream.segments[index].prompt
+
     def _message(self, result, mp4: bytes, codec: str, recent, frames_before: int) -> bytes:
         stats = result.stats
         gen = self.stream.generator
@@ -315,7 +320,7 @@ class LiveSession:
             "type": "chunk", "stream": self.id, "index": result.index, "frames": int(result.frames.shape[1]),
             "time_s": frames_before / self.settings["fps"], "codec": codec, "t_ready": time.time(),
             "ms": stats["ms"], "decode_ms": stats.get("decode_ms"), "fps": None if fps is None else round(fps, 2),
-            "target_fps": self.settings["fps"], "policy": self.policy, "prompt": self.stream.prompt,
+            "target_fps": self.settings["fps"], "policy": self.policy, "prompt": self._prompt_of(stats),
             "prompt_index": stats.get("prompt_index"), "switch": stats.get("switch"), "context": stats.get("context",
                                                                                                         False),
             "cache_frames": stats["cache_frames"], "cache_bytes": stats["cache_bytes"],
