@@ -390,6 +390,18 @@ def _score_frames(frames: np.ndarray, timeline: Timeline, config: TruthConfig) -
     )
 
 
+def object_centroids(
+    frames: np.ndarray | torch.Tensor, spec: WorldSpec, config: TruthConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each object is on each frame: centroids float [T, N, 2] (row, column; NaN where its colour
+    is absent) and whether it is matched there, bool [T, N] (the centroid of a matched object is the
+    centre of its whole template: a position the world can be held to)."""
+    config = config or TruthConfig()
+    timeline = Timeline.constant(spec)
+    scores = _score_frames(_as_frames(frames, spec), timeline, config)
+    return scores.centroid, scores.matched
+
+
 def _fraction(hits: np.ndarray, among: np.ndarray) -> np.ndarray:
     """Per column of [t, N] bool arrays: hits / among, NaN where ``among`` is empty."""
     count = among.sum(axis=0)
