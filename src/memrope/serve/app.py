@@ -231,7 +231,10 @@ def make_app(server: Server):
                     continue
                 try:
                     message = parse_message(msg.data, server.limits)
-                    reply = server.handle(message, viewer, watching, loop)
+                    if message["type"] == "prompt":  # a real model's text encoder may take a while: off the loop
+                        reply = await loop.run_in_executor(None, server.handle, message, viewer, watching, loop)
+                    else:
+                        reply = server.handle(message, viewer, watching, loop)
                 except (ProtocolError, UserError) as e:
                     reply = {"type": "error", "message": str(e)}
                 viewer.offer("status", reply)

@@ -6,7 +6,8 @@ Starts a server in this process (the embedded model, on 127.0.0.1, an ephemeral 
 streams, connects the viewers, and after ``--seconds`` stops everything and prints: chunks and
 frames delivered per viewer, delivery latency (from the moment a chunk is ready on the server to its
 arrival at the viewer; one clock: same machine) as median / p90 / max, the generation rate, chunks
-dropped for ``--slow`` viewers that read nothing, and the process's memory (RSS) before and after.
+dropped for ``--slow`` viewers that read nothing, and the process's memory (RSS): before the load, at
+half time, the most while it ran, and after (a flat second half is the bounded queues at work).
 Every loop is bounded in count and time, and only loopback addresses are used.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 HEADER = struct.Struct(">I")
 CONNECT_TIMEOUT_S = 10.0
+RSS_EVERY_S = 0.5  # memory samples while the load runs
 SLOW_RCVBUF = 4096  # bytes: a stalled viewer's receive buffer (the kernel may round it up)
 
 
@@ -209,9 +211,21 @@ def _main(args) -> int:
         ["--runs-dir", str(runs), "--max-streams", str(args.streams), "--max-viewers", str(args.viewers + args.slow + 1),
          "--max-connections", str(total)]))
     before = rss_mb()
+    samples: list[tuple[float, float]] = []  # (seconds since the load began, RSS MB)
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while not done.wait(RSS_EVERY_S):
+            samples.append((time.monotonic() - t0, rss_mb()))
+
     with ServerThread(server) as running:
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         result = asyncio.run(run_load(running.url, running.port, args.streams, args.viewers, args.seconds, args.pace, args.slow,
                                       server.settings["schedule"][0]["prompt"]))
+        done.set()
+        sampler.join()
         deadline = time.monotonic() + 60
         while server.active() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -221,7 +235,10 @@ def _main(args) -> int:
         result["chunks_dropped_for_stalled_viewers"] = sessions[0].info()["dropped"]
         result["generation_fps"] = [round(s.chunks * server.settings["chunk_frames"] / args.seconds, 1)
                                     for s in sessions]
-    result.update(rss_mb_before=round(before, 1), rss_mb_after=round(peak, 1), runs_dir=str(runs))
+    half = [mb for t, mb in samples if t <= args.seconds / 2] or [before]
+    result.update(rss_mb_before=round(before, 1), rss_mb_at_half=round(half[-1], 1),
+                  rss_mb_max=round(max([mb for _, mb in samples] or [peak]), 1), rss_mb_after=round(peak, 1),
+                  runs_dir=str(runs))
     result.pop("ids")
     print(json.dumps(result, indent=1))
     return 0

@@ -14,8 +14,8 @@ frames ``C .. C + N``:
 
 - ``identity``: :func:`memrope.world.truth.evaluate` over the ``N`` frames (one segment);
 - ``track_px``: over the first ``--track-frames`` continued frames, the distance in pixels between
-  each object's centroid and where the world has it (both matched; :func:`truth.object_centroids`),
-  averaged. Without context the model cannot know where the objects are, so this measures what the
+  the centroid of each object's colour and where the world has it (:func:`truth.object_centroids`;
+  frames where the colour shows and the truth object is not hidden), averaged. Without context the model cannot know where the objects are, so this measures what the
   context carried; with context it is the error of continuing the motion.
 
 A reference row scores the truth's continuation through the autoencoder (the best the decoder can
@@ -81,10 +81,13 @@ def generate(bundle, prompts: list[str], context: dict[int, torch.Tensor], chunk
 
 
 def track_px(frames: np.ndarray, truth_frames: np.ndarray, spec) -> float:
-    """Mean centroid distance (px) over the objects and frames matched in both videos; NaN if none."""
-    ours, ours_ok = object_centroids(frames, spec)
+    """Mean distance (px) from the centroid of each object's colour in ``frames`` to the object's
+    place in the truth, over the frames where the colour shows and the truth matches it (not hidden
+    there); NaN if none. (Not only matched frames: the model's shapes rarely match their template
+    exactly, see ``identity``, while where an object's colour is says where it is.)"""
+    ours, _ = object_centroids(frames, spec)
     true, true_ok = object_centroids(truth_frames, spec)
-    both = ours_ok & true_ok  # [T, N]
+    both = ~np.isnan(ours).any(axis=-1) & true_ok  # [T, N]
     if not both.any():
         return float("nan")
     return float(np.linalg.norm(ours - true, axis=-1)[both].mean())
