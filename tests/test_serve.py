@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -142,11 +143,14 @@ def test_rate_limit_is_a_token_bucket():
     (["--noise", "reference"], "--noise reference draws the whole video's noise first"),
     (["--prompt", "a red disc[2s] | a blue ring"], "--prompt for memrope serve is one prompt"),
     (["--checkpoint", "x.pt"], "--checkpoint needs --model"),
+    (["--model", "self-forcing", "--checkpoint", "no.pt", "--wan-dir", "."], "--checkpoint {cwd}/no.pt does not exist"),
+    (["--model", "longlive", "--checkpoint", ".", "--lora", "no-lora.pt", "--wan-dir", "."],
+     "--lora {cwd}/no-lora.pt does not exist"),
 ])
 def test_bad_server_options_are_one_line_errors_before_binding(argv, message, capsys, tmp_path):
     assert main(["serve", "--runs-dir", str(tmp_path / "r"), *argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"memrope: error: {message}") and err.count("\n") == 1
+    assert err.startswith(f"memrope: error: {message.format(cwd=Path.cwd())}") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -284,6 +284,10 @@ def server_from_args(args: argparse.Namespace) -> tuple[Server, str, int]:
     settings = settings_from_args(args)
     if len(settings["schedule"]) != 1 or settings["schedule"][0]["seconds"] is not None:
         raise UserError("--prompt for memrope serve is one prompt (the default of new streams), not a schedule")
+    for option in ("checkpoint", "wan_dir", "lora", "decoder_weights"):  # each stream loads the model when
+        given = settings["model"].get(option)  # it starts: a missing file would only show at the first start
+        if given is not None and not Path(given).exists():
+            raise UserError(f"{option_name(option)} {given} does not exist")
     settings["checkpoint_every"] = args.checkpoint_every or SERVE_CHECKPOINT_EVERY
     check_output_dir(args.runs_dir, "--runs-dir")
     limits = Limits(streams=args.max_streams, viewers=args.max_viewers, connections=args.max_connections,
