@@ -44,11 +44,11 @@ class Client:
         self.chunks, self.status = [], []
 
     @classmethod
-    async def open(cls, url, **kw):
+    async def open(cls, url, prompt=DEFAULT_PROMPT, **kw):
         session = aiohttp.ClientSession()
         ws = await session.ws_connect(url + "/ws", **kw)
         client = cls(session, ws)
-        assert (await client.expect("hello"))["defaults"]["prompt"] == DEFAULT_PROMPT
+        assert (await client.expect("hello"))["defaults"]["prompt"] == prompt
         return client
 
     async def next(self, timeout=WAIT_S):
@@ -428,3 +428,37 @@ def test_a_stream_starts_from_an_uploaded_image(served, tmp_path):
     manifest = json.loads((server.runs_dir / sid / "manifest.json").read_text())
     init = manifest["settings"]["init"]
     assert init["kind"] == "image" and init["chunks"] == 1 and init["path"] == str(server.runs_dir / sid / "init.png")
+
+
+def test_a_real_model_layout_is_served_and_steered(tmp_path):
+    """Self-Forcing's checkpoint layout and a Wan folder (tiny files in the real formats): the stream
+    runs through the Wan VAE and umT5, and a typed prompt (not in the prompt cache) reaches it."""
+    import torch
+
+    from .models.tiny_wan_files import PIXELS, TINY_REAL, random_wan, self_forcing_dict, write_wan_dir
+
+    wan = write_wan_dir(tmp_path / "wan", "original")
+    m = random_wan(TINY_REAL, 0)
+    torch.save(self_forcing_dict(m, m, m), tmp_path / "sf.pt")
+    server = make_server(tmp_path, "--model", "self-forcing", "--checkpoint", str(tmp_path / "sf.pt"), "--wan-dir",
+                         str(wan), "--height", str(PIXELS), "--width", str(PIXELS), "--device", "cpu",
+                         "--prompt", "a cat in the snow")
+    with ServerThread(server) as running:
+        async def go():
+            a = await Client.open(running.url, "a cat in the snow")
+            await a.ws.send_json({"type": "start", "prompt": "a cat in the snow"})
+            sid = (await a.expect("started"))["stream"]
+            await a.chunks_until(2)
+            await a.ws.send_json({"type": "prompt", "stream": sid, "prompt": "a dog on a beach"})
+            await a.expect("prompt_queued")
+            while not any(ch.get("switch") for ch in a.chunks):
+                await a.next()
+            await a.ws.send_json({"type": "stop", "stream": sid})
+            await a.expect("state", state="stopped")
+            await a.close()
+            return a.chunks
+
+        chunks = run(go())
+    switched = next(ch for ch in chunks if ch.get("switch"))
+    assert switched["prompt"] == "a dog on a beach" and chunks[0]["prompt"] == "a cat in the snow"
+    assert chunks[0]["frames"] == 1 + 4 * (3 - 1)  # the Wan VAE: 9 frames from the first 3 latent frames
