@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..rope import Rope3D, shift_time_, time_shift_rotation
-from .base import KVCache
+from .base import KVCache, runs
 from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV
 
@@ -45,17 +45,6 @@ def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D) -> KV
     if policy.ring_storage and policy.capacity_frames(geometry.chunk_frames) is not None:
         return RingKVCache(policy, geometry, rope)
     return KVCache(policy, geometry, rope)
-
-
-def runs(slots: list[int]) -> list[tuple[int, int]]:
-    """Sorted physical slots -> maximal runs [(first, end)) of consecutive slots."""
-    out: list[tuple[int, int]] = []
-    for s in sorted(slots):
-        if out and out[-1][1] == s:
-            out[-1] = (out[-1][0], s + 1)
-        else:
-            out.append((s, s + 1))
-    return out
 
 
 class RingKVCache(KVCache):
@@ -254,8 +243,6 @@ class RingKVCache(KVCache):
         """The policy's response to a prompt change; kept slots stay where they are physically."""
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
-        if sw.reset_shifts:
-            raise ValueError(f"{self.policy.name}: the ring cache does not reset position shifts")
         self.phys = [self.phys[i] for i in sw.keep]
         self.slots = tuple(self.slots[i] for i in sw.keep)
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
