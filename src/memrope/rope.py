@@ -151,23 +151,6 @@ def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
-def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tensor:
-    """Move already-rotated keys ``x`` [B, L, H, D] by ``delta`` temporal positions ([B, L] or [L] ints).
-
-    Rotations compose, R(p + d) = R(d) R(p), so a key rotated at p becomes the key rotated at
-    p + d by rotating only its temporal channel pairs by d. Spatial channels are untouched, so
-    tokens keep their own (row, col) whatever frame slot they are moved into (Deep Forcing).
-    """
-    mag = delta.abs().to(device=x.device, dtype=torch.long)  # callers bound |delta| by their window
-    sign = torch.sign(delta).to(device=x.device, dtype=torch.float32)
-    rotation = torch.complex(rope.cos_t[mag], rope.sin_t[mag] * sign.unsqueeze(-1))  # [(B,) L, t / 2]
-    if rotation.ndim == 2:
-        rotation = rotation.unsqueeze(0)
-    out = x.clone()
-    _rotate_time_(out, rotation.unsqueeze(2), rope.split[0])  # [B, L, 1, t / 2] over the heads
-    return out
-
-
 def time_shift_rotation(delta: int, rope: Rope3D) -> torch.Tensor:
     """cos + i sin of a temporal move by ``delta`` positions, per temporal channel pair: complex64 [t / 2]."""
     if abs(delta) >= rope.max_positions:
