@@ -1,11 +1,14 @@
 """Streaming generation: the chunk loop (denoise -> commit -> decode -> emit).
 
 All per-stream state is explicit and owned here: the KV cache (tensors, slot table, clock), the text
-context, the decoder's causal state and the noise. Noise is drawn per chunk from a CPU generator
-seeded by (seed, chunk index), so a chunk's noise does not depend on how many chunks came before
-in this process - the video is reproducible from the seed, on any device, and a run can resume at
-any chunk boundary. (The reference code draws the whole video's initial noise up front, which
-needs memory proportional to the video; this is the deliberate deviation.)
+context, the decoder's causal state and the noise. By default (``noise="chunk"``) noise is drawn per
+chunk from a CPU generator seeded by (seed, chunk index), so a chunk's noise does not depend on how
+many chunks came before in this process - the video is reproducible from the seed, on any device,
+and a run can resume at any chunk boundary without noise state. ``noise="reference"`` draws the
+MemRoPE reference's noise instead (one generator: the whole video's initial noise first, then every
+re-noise in order; :mod:`memrope.noise`, in constant memory) and steps with the reference's sampler
+arithmetic (:func:`memrope.sampling.reference_steps`), so that the same model gives the reference's
+latents; its generator states are part of :meth:`StreamingGenerator.state_dict`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,19 @@ from .cache import CachePolicy, make_cache
 from .cache.plan import CacheGeometry
 from .models.attention import AttentionShape, choose
 from .models.wan import Conditioning, TextContext, WanModel
-from .sampling import SamplerConfig, denoising_timesteps, renoise, x0_from_velocity
+from .noise import ReferenceNoise
+from .sampling import (
+    SamplerConfig,
+    denoising_timesteps,
+    reference_renoise,
+    reference_steps,
+    reference_x0,
+    renoise,
+    x0_from_velocity,
+)
 
 MASK64 = (1 << 64) - 1
+NOISE_MODES = ("chunk", "reference")
 
 
 class LatentDecoder(Protocol):
@@ -52,8 +65,20 @@ class GenerationConfig:
     batch: int = 1
     seed: int = 0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # "chunk": a generator per (seed, chunk); "reference": the MemRoPE reference's draws and sampler
+    # arithmetic, which needs the video's length in latent frames (its initial noise is drawn whole first)
+    noise: str = "chunk"
+    noise_frames: int | None = None
 
     def __post_init__(self) -> None:
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
+        if self.noise == "reference" and (self.noise_frames is None or self.noise_frames < self.chunk_frames
+                                          or self.noise_frames % self.chunk_frames):
+            raise ValueError(f"reference noise needs the video's length in latent frames (noise_frames), a "
+                             f"multiple of chunk_frames {self.chunk_frames}; got {self.noise_frames}")
+        if self.noise == "chunk" and self.noise_frames is not None:
+            raise ValueError("noise_frames applies to noise='reference' only")
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
         if self.batch < 1:
@@ -81,9 +106,17 @@ class StreamingGenerator:
         self.decoder = decoder
         geometry = model.cache_geometry(config.batch, config.latent_hw, config.chunk_frames)
         self.cache = make_cache(policy, geometry, model.rope)
-        self.timesteps = denoising_timesteps(config.sampler)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self._reference: ReferenceNoise | None = None  # the reference's noise stream (noise="reference")
+        self._sigmas: list[float] = []  # the reference's sigma per pass (noise="reference")
+        if config.noise == "reference":
+            steps = reference_steps(config.sampler)
+            self.timesteps, self._sigmas = [t for t, _ in steps], [s for _, s in steps]
+            self._reference = ReferenceNoise(config.seed, config.batch, (model.config.in_dim, *config.latent_hw),
+                                             config.noise_frames)
+        else:
+            self.timesteps = denoising_timesteps(config.sampler)
         self._latents: dict[int, torch.Tensor] = {}  # frame_idx -> [B, C, 1, h, w], cached frames only
         self._pending: ChunkResult | None = None  # generated, not yet decoded (overlapped decoding)
         self._conditioning: dict[float, Conditioning] = {}  # timestep -> its time embedding, reused
@@ -136,12 +169,28 @@ class StreamingGenerator:
             del self._latents[f]
 
     def chunk_noise(self, chunk_index: int) -> list[torch.Tensor]:
-        """Initial noise then one re-noise draw per later step, on the CPU generator of this chunk."""
+        """Initial noise then one re-noise draw per later step, each [B, C, n, h, w]: from the CPU
+        generator of this chunk, or (``noise="reference"``) the reference's next draws (chunks in order)."""
         cfg = self.config
+        if self._reference is not None:
+            n = cfg.chunk_frames
+            draws = [self._reference.initial(chunk_index * n, n)]  # [B, n, C, h, w]: the reference's layout
+            draws += [self._reference.renoise(n) for _ in self.timesteps[1:]]
+            return [d.permute(0, 2, 1, 3, 4).to(device=self.device, dtype=self.dtype) for d in draws]
         gen = torch.Generator(device="cpu").manual_seed(chunk_seed(cfg.seed, chunk_index))
         shape = (cfg.batch, self.model.config.in_dim, cfg.chunk_frames, *cfg.latent_hw)
         draws = [torch.randn(shape, generator=gen) for _ in self.timesteps]
         return [d.to(device=self.device, dtype=self.dtype) for d in draws]
+
+    def _step(self, step: int, x: torch.Tensor, v: torch.Tensor,
+              noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 from the velocity at pass ``step``, and the next pass's input (x0 re-noised; x0 after the last)."""
+        last = step + 1 == len(self.timesteps)
+        if self._reference is not None:  # the reference's arithmetic (sampling.reference_steps)
+            x0 = reference_x0(x, v, self._sigmas[step])
+            return x0, x0 if last else reference_renoise(x0, noise[step + 1], self._sigmas[step + 1])
+        x0 = x0_from_velocity(x, v, self.timesteps[step])
+        return x0, x0 if last else renoise(x0, noise[step + 1], self.timesteps[step + 1])
 
     def next_chunk(self) -> ChunkResult:
         """Denoise, commit and decode the next chunk (the decode runs here, synchronously)."""
@@ -160,9 +209,7 @@ class StreamingGenerator:
         with self.attention.preferred():
             for step, t in enumerate(self.timesteps):
                 v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
-                x0 = x0_from_velocity(x, v, t)
-                if step + 1 < len(self.timesteps):
-                    x = renoise(x0, noise[step + 1], self.timesteps[step + 1])
+                x0, x = self._step(step, x, v, noise)
             self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True,
                        fused=self._fused)
         cache.end_chunk()
@@ -250,8 +297,9 @@ class StreamingGenerator:
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to continue this stream exactly, between chunks.
 
-        The noise needs no state (it is a function of seed and chunk index) and the text context
-        is recomputed from the prompt by the caller; the decoder's causal state is included.
+        Per-chunk noise needs no state (it is a function of seed and chunk index); the reference's
+        noise stream stores its generators' states. The text context is recomputed from the prompt by
+        the caller; the decoder's causal state is included.
         """
         tensors, data = self.cache.state_dict()
         tensors = {f"cache.{k}": t for k, t in tensors.items()}
@@ -259,16 +307,24 @@ class StreamingGenerator:
         if self.decoder is not None and hasattr(self.decoder, "state_dict"):
             tensors.update({f"decoder.{k}": t.contiguous() for k, t in self.decoder.state_dict().items()})
         out = {"cache": data, "config": self.describe()}
+        if self._reference is not None:
+            noise_tensors, out["noise"] = self._reference.state_dict()
+            tensors.update({f"noise.{k}": t for k, t in noise_tensors.items()})
         if self._pending is not None:  # generated but not decoded: decoded first after a resume
             tensors["pending.latents"] = self._pending.latents.contiguous()
             out["pending"] = json_roundtrip({"index": self._pending.index, "stats": self._pending.stats})
         return tensors, out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
-        if data["config"] != json_roundtrip(self.describe()):
+        saved = data["config"]
+        if "noise" not in saved["generation"]:  # saved before noise modes existed: per-chunk noise
+            saved = {**saved, "generation": {**saved["generation"], "noise": "chunk", "noise_frames": None}}
+        if saved != json_roundtrip(self.describe()):
             raise ValueError("saved state was made by a different generator configuration")
         part = lambda prefix: {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.cache.load_state_dict(part("cache."), data["cache"])
+        if self._reference is not None:
+            self._reference.load_state_dict(part("noise."), data["noise"])
         self._latents = {int(f): t.to(self.device) for f, t in part("latent.").items()}
         if self.decoder is not None and hasattr(self.decoder, "load_state_dict"):
             self.decoder.load_state_dict(part("decoder."))

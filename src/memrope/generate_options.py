@@ -16,6 +16,9 @@ from .errors import UserError
 
 ATTENTION_CHOICES = ("default", "auto", "flash", "efficient", "cudnn", "math")
 """``models.attention.CHOICES``, spelled out so that ``--help`` does not import torch (a test holds them equal)."""
+NOISE_CHOICES = ("chunk", "reference")  # generate.NOISE_MODES
+PIXEL_CHOICES = ("truncate", "round")  # models.pixels.PIXEL_MODES
+LORA_MODE_CHOICES = ("merged", "unmerged")  # models.lora_linear.LORA_MODES
 
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 
@@ -54,6 +57,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help='a prompt, or a schedule: "a cat walks[10s] | the cat sleeps[20s]" ([5s#]: a hard cut)')
     prompt.add_argument("--prompts", type=Path, help="prompt schedule file (.json/.yaml list of "
                         "{prompt, seconds, cut}, or the inline syntax as text)")
+    gen.add_argument("--noise", choices=NOISE_CHOICES, default="chunk",
+                     help="chunk: one CPU generator per (seed, chunk); reference: the MemRoPE reference's draws "
+                          "(one generator, the whole video's initial noise first, then every re-noise) and its "
+                          "sampler arithmetic, drawn chunk by chunk in constant memory")
+    gen.add_argument("--pixels", choices=PIXEL_CHOICES, default="truncate",
+                     help="uint8 quantisation of the decoded frames: truncate (Wan's and Self-Forcing's "
+                          "videos) or round")
     gen.add_argument("--chunk-frames", type=_positive_int, default=3)
     gen.add_argument("--fps", type=_positive_int, default=16)
     gen.add_argument("--out", help="output .mp4 (fragmented, written as chunks decode)")
@@ -79,7 +89,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                        "diffusers transformer folder / .safetensors")
     model.add_argument("--wan-dir", type=Path, help="Wan2.1-T2V-1.3B folder (VAE, umT5, tokenizer), "
                        "original or diffusers layout")
-    model.add_argument("--lora", type=Path, help="LongLive lora.pt (merged into the weights)")
+    model.add_argument("--lora", type=Path, help="LongLive lora.pt")
+    model.add_argument("--lora-mode", choices=LORA_MODE_CHOICES, default="merged",
+                       help="merged: W + s B A folded into the weights (fastest); unmerged: adapters computed "
+                            "as PEFT does in the run dtype (LongLive's and the reference's values)")
     model.add_argument("--lora-rank", type=_positive_int, help="override the LoRA rank")
     model.add_argument("--lora-alpha", type=_positive_float, help="override the LoRA alpha")
     model.add_argument("--no-ema", dest="use_ema", action="store_false",
@@ -111,7 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     path = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731
     return {
         "policy": args.policy, "policy_options": policy_options, "seed": args.seed,
-        "prompt": args.prompt, "prompts_file": path(args.prompts), "schedule": None,
+        "prompt": args.prompt, "prompts_file": path(args.prompts), "schedule": None, "noise": args.noise,
         "latent_frames": args.latent_frames, "duration": args.duration,
         "chunk_frames": args.chunk_frames, "fps": args.fps,
         "out": str(out.resolve()), "stats": path(args.stats), "run_dir": path(args.run_dir),
@@ -121,5 +134,5 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema, "height": args.height, "width": args.width,
                   "device": args.device, "dtype": args.dtype, "prompt_cache": path(args.prompt_cache),
-                  "decode_device": args.decode_device},
+                  "decode_device": args.decode_device, "pixels": args.pixels, "lora_mode": args.lora_mode},
     }

@@ -32,6 +32,9 @@ from .errors import RunFailure, UserError
 from .session import Manifest, RunDirectory, Segment, SessionError, atomic_write_json
 
 WARMUP_CHUNKS = 2  # chunks left out of the steady-state latency summary
+# What a manifest written before these settings existed was made with (its run resumes the same way).
+LEGACY_SETTINGS = {"noise": "chunk"}
+LEGACY_MODEL_SETTINGS = {"pixels": "round", "lora_mode": "merged"}
 DEFAULT_SECONDS = 10.0  # video length when neither a length nor a timed schedule is given
 EXIT_INTERRUPTED = 130
 
@@ -93,6 +96,10 @@ def prepare(settings: dict[str, Any]) -> Prepared:
     from .models.loading import load_bundle
     from .schedule import load_schedule, parse_inline, schedule_from_data
 
+    for key, value in LEGACY_SETTINGS.items():
+        settings.setdefault(key, value)
+    for key, value in LEGACY_MODEL_SETTINGS.items():
+        settings["model"].setdefault(key, value)
     try:
         policy = make_policy(settings["policy"], settings["policy_options"])
         bundle = load_bundle(BundleOptions(**settings["model"]))
@@ -122,7 +129,9 @@ def prepare(settings: dict[str, Any]) -> Prepared:
     if starts[-1] >= n_chunks:
         raise UserError(f"the prompt schedule starts segment {len(starts)} at chunk {starts[-1]}, but the "
                         f"video has only {n_chunks} chunks; lengthen --duration or shorten the schedule")
-    config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=chunk, seed=settings["seed"])
+    reference = settings["noise"] == "reference"
+    config = GenerationConfig(latent_hw=bundle.latent_hw, chunk_frames=chunk, seed=settings["seed"],
+                              noise=settings["noise"], noise_frames=n_latent if reference else None)
     try:
         texts = []
         for seg in schedule.segments:
@@ -332,6 +341,8 @@ def generate(settings: dict[str, Any], resume: Path | None = None, progress: boo
         atomic_write_json(Path(settings["stats"]), {
             "memrope": __version__, "run": json.loads(json.dumps(gen.describe(), default=str)),
             "attention": {"kernel": gen.attention.name, "auto_timings_ms": gen.attention.timings_ms},
+            "noise": settings["noise"], "pixels": settings["model"]["pixels"],
+            "lora_mode": settings["model"]["lora_mode"] if settings["model"].get("lora") else None,
             "prompts": settings["schedule"], "prompt_starts": prepared.starts, "chunks": chunks,
             "summary": summary})
     return status

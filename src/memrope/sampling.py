@@ -68,3 +68,37 @@ def renoise(x0: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
     """x_t = (1 - sigma) x0 + sigma eps."""
     s = sigma_of(t)
     return ((1 - s) * x0.float() + s * noise.float()).to(x0.dtype)
+
+
+# --- the reference pipelines' arithmetic (``--noise reference``) ---------------------------------------
+# guandeh17/Self-Forcing@33593df and YoungRaeKimm/MemRoPE@b89bf5b: ``utils/scheduler.py``
+# ``FlowMatchScheduler(shift, sigma_min=0.0, extra_one_step=True).set_timesteps(1000)`` builds its tables
+# in fp32; ``pipeline/causal_inference.py`` feeds ``timesteps[1000 - step]`` (fp32) to the model, and
+# ``utils/wan_wrapper.py`` ``_convert_flow_pred_to_x0`` / ``add_noise`` look sigma up by the nearest
+# timestep. The functions above compute the same quantities in fp64 / fp32 and differ by rounding only.
+
+
+def reference_steps(cfg: SamplerConfig) -> list[tuple[float, float]]:
+    """``(t, sigma)`` of each denoising pass as the reference computes them: fp32 tables, sigma by the
+    nearest table timestep (exact fp32 values, as Python floats)."""
+    s = torch.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1, dtype=torch.float32)[:-1]
+    sigmas = cfg.shift * s / (1 + (cfg.shift - 1) * s)
+    table = sigmas * NUM_TRAIN_TIMESTEPS
+    if cfg.warp:
+        ts = torch.cat((table, torch.zeros(1)))[NUM_TRAIN_TIMESTEPS - torch.tensor(cfg.steps)]
+    else:
+        ts = torch.tensor(cfg.steps, dtype=torch.float32)
+    index = (table[None, :] - ts[:, None]).abs().argmin(dim=1)
+    return [(float(t), float(sigmas[i])) for t, i in zip(ts, index)]
+
+
+def reference_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0 = x_t - sigma v in fp64, cast to the prediction's dtype (``_convert_flow_pred_to_x0``)."""
+    return (x_t.double() - sigma * v.double()).to(v.dtype)
+
+
+def reference_renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(1 - sigma) x0 + sigma eps in fp32, cast to the noise's dtype (``FlowMatchScheduler.add_noise``).
+    ``sigma`` is an fp32 value: 1 - sigma is exact in fp64, and torch rounds the scalar to fp32 as the
+    reference's fp32 ``1 - sigma`` does."""
+    return ((1 - sigma) * x0.float() + sigma * noise.float()).to(noise.dtype)

@@ -326,3 +326,20 @@ def test_encode_prompts_command_fills_the_cache(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[1] for line in lines] == ["a blue dog", "a red cat"]
     assert all(Path(line.split("\t")[0]).is_file() for line in lines)
+
+
+def test_lora_mode_and_pixels_reach_the_bundle(stack):
+    from memrope.models.lora_linear import LoraLinear
+
+    lora = {"lora": stack["root"] / "lora.pt"}
+    merged = load_bundle(_options(stack, "longlive", "longlive_base.pt", **lora))
+    unmerged = load_bundle(_options(stack, "longlive", "longlive_base.pt", lora_mode="unmerged", pixels="round",
+                                    **lora))
+    assert isinstance(unmerged.model.blocks[0].ffn[2], LoraLinear)
+    assert type(merged.model.blocks[0].ffn[2]) is torch.nn.Linear
+    assert "lora.pt (unmerged)" in unmerged.name and "lora.pt (merged)" in merged.name
+    assert (merged.decoder.pixels, unmerged.decoder.pixels) == ("truncate", "round")
+    a, b = _generate(merged), _generate(unmerged)
+    for x, y in zip(a, b, strict=True):  # fp32: the two LoRA modes agree to rounding
+        torch.testing.assert_close(x.latents, y.latents, rtol=1e-4, atol=1e-4)
+        assert (y.frames.int() - x.frames.int()).abs().max() <= 2  # one level of rounding, one of latents

@@ -141,11 +141,11 @@ def diffusers_transformer(cfg: WanConfig, seed: int = 0) -> WanTransformer3DMode
     return model.eval().requires_grad_(False)
 
 
-def write_tokenizer(root: Path) -> Path:
-    """A unigram SentencePiece model trained in-process, saved as a T5 tokenizer folder."""
+def write_tokenizer(root: Path, corpus: list[str] = CORPUS) -> Path:
+    """A unigram SentencePiece model trained in-process on ``corpus``, saved as a T5 tokenizer folder."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
+        sentence_iterator=iter(corpus * 20),
         model_writer=model,
         vocab_size=48,
         model_type="unigram",

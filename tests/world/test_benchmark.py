@@ -54,3 +54,19 @@ def test_runs_split_over_processes_merge_into_one_table(tmp_path):
     main(["--policies", "memrope", "--horizons", "24", "--seeds", "2", "--out", str(b)])
     with pytest.raises(ValueError, match="differ in settings"):
         main(["--merge", str(a), str(b), "--out", str(merged)])
+
+
+def test_the_benchmark_rounds_frames_as_its_ground_truth_is_rendered(monkeypatch):
+    """The ground truth is rounded (np.rint); the model's frames are too, whatever the generator's default."""
+    from memrope.world import benchmark
+
+    asked = {}
+
+    def spy(**kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(benchmark, "load_default", spy)
+    with pytest.raises(RuntimeError, match="stop here"):
+        benchmark.run_benchmark(BenchmarkConfig(policies=("memrope",), horizons=(12,), seeds=2))
+    assert asked == {"pixels": "round"} == {"pixels": benchmark.BENCHMARK_PIXELS}

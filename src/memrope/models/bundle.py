@@ -53,6 +53,8 @@ class BundleOptions:
     dtype: str = "auto"
     prompt_cache: Path | None = None
     decode_device: str | None = None  # e.g. cuda:1: the decoder on its own GPU (None: with the model)
+    pixels: str = "truncate"  # uint8 quantisation of every decoder (models/pixels.py): truncate | round
+    lora_mode: str = "merged"  # LongLive's LoRA: merged into the weights, or unmerged as PEFT runs it
 
 
 def resolve_device(device: str) -> torch.device:

@@ -24,6 +24,7 @@ from .formats.training_checkpoint import (
     normalise_original_keys,
     select_generator,
 )
+from .lora_linear import LORA_MODES, attach_lora
 from .wan import WanModel
 from .wan_config import WanConfig, wan_config
 from .wan_layout import DEFAULT_SIZE, check_finite, check_size, expected_shapes, infer_config, materialise, size_name
@@ -40,6 +41,7 @@ def load_transformer(
     lora: str | Path | None = None,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
+    lora_mode: str = "merged",
     use_ema: bool = True,
     size: WanConfig | str | None = DEFAULT_SIZE,
     config_fallback: WanConfig | None = None,
@@ -51,7 +53,13 @@ def load_transformer(
     ``size`` pins the expected model size (a named config or a ``WanConfig``; a file of another size
     raises naming expected and found shapes); ``size=None`` infers it from the shapes (a named config
     that matches, else ``config_fallback``, e.g. the Wan folder's DiT ``config.json``).
+
+    ``lora_mode``: ``merged`` folds the LoRA into the weights (W + s B A in fp32, cast to ``dtype``);
+    ``unmerged`` keeps it as :class:`~memrope.models.lora_linear.LoraLinear` adapters in ``dtype``, computed
+    as PEFT computes them (what LongLive and the MemRoPE reference run).
     """
+    if lora_mode not in LORA_MODES:
+        raise ValueError(f"--lora-mode must be one of {', '.join(LORA_MODES)}, got {lora_mode!r}")
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {CHECKPOINT_KINDS}")
     if lora is not None and kind != "longlive":
@@ -76,5 +84,7 @@ def load_transformer(
         check_finite(lora_state, source, LORA_FORMAT)
         modules = parse_lora(lora_state, source)
         scale = resolve_lora(modules, expected_shapes(cfg), carried, lora_rank, lora_alpha, source)
+        if lora_mode == "unmerged":
+            return attach_lora(materialise(cfg, state, device, dtype), modules, scale.scale)
         state = merge_lora(state, modules, scale, device, dtype)
     return materialise(cfg, state, device, dtype)

@@ -17,6 +17,7 @@ def load_bundle(options: BundleOptions) -> ModelBundle:
     decode_device = resolve_decode_device(options.decode_device, device)
     if options.model is None:
         return load_default(device=device, dtype=resolve_dtype(options.dtype, device)
-                            if options.dtype != "auto" else torch.float32, decode_device=decode_device)
+                            if options.dtype != "auto" else torch.float32, decode_device=decode_device,
+                            pixels=options.pixels)
     return load_wan_bundle(options, device=device, dtype=resolve_dtype(options.dtype, device),
                            decode_device=decode_device)

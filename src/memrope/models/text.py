@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import html
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,11 +24,6 @@ import torch
 
 from memrope.models.text_convert import umt5_to_wan_t5_key, wan_t5_config_kwargs
 from memrope.models.weight_files import WeightFileError, check_state_dict, read_state_dict, read_weight_folder
-
-try:  # Wan's prompt cleaning runs ftfy.fix_text first; optional here (it only repairs mojibake).
-    import ftfy
-except ImportError:  # pragma: no cover - depends on the environment
-    ftfy = None
 
 # Wan2.1 shared config: ``text_len = 512`` (umT5 context length the DiT cross-attends to).
 WAN_TEXT_LEN = 512
@@ -50,16 +44,39 @@ _IDENTITY_CHUNK_BYTES = 1 << 20
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".json")
 
 
+WAN_EXTRA_HINT = "install memrope's real-model dependencies: pip install 'memrope[wan]'"
+
+
+def _cleaners():
+    """ftfy and regex, the two libraries Wan's cleaning calls; both come with the ``wan`` extra."""
+    try:
+        import ftfy
+        import regex
+    except ImportError as err:
+        raise ImportError(f"prompt cleaning as Wan does it needs {err.name}; {WAN_EXTRA_HINT}") from err
+    return ftfy, regex
+
+
 def clean_prompt(text: str) -> str:
-    """Wan's ``whitespace`` prompt cleaning: ftfy (when installed), HTML unescape twice, collapse spaces."""
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return re.sub(r"\s+", " ", text).strip()
+    """Wan's ``clean='whitespace'`` prompt cleaning, step for step (Wan-Video/Wan2.1@9737cba
+    ``wan/modules/tokenizers.py``: ``whitespace_clean(basic_clean(text))``): ``ftfy.fix_text``, HTML
+    unescaping twice, strip; then every run of whitespace (``regex``'s ``\\s``) becomes one space, strip.
+
+    ftfy is not a mojibake fixer only: with its default configuration it also straightens typographic
+    quotes and apostrophes (``’`` -> ``'``, ``“red”`` -> ``"red"``), splits ligatures (``ﬁ`` -> ``fi``),
+    narrows full-width characters (``Ａ`` -> ``A``) and removes control characters, so skipping it
+    changes the token ids of ordinary prompts (prompt lists such as MovieGen's are full of ``’``).
+    Self-Forcing, LongLive and the MemRoPE reference tokenize through the same Wan class.
+    """
+    ftfy, regex = _cleaners()
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip()
 
 
 def _cleaning_tag() -> str:
-    return "ftfy+html+ws" if ftfy is not None else "html+ws"
+    """Names the cleaning in the prompt cache's key: embeddings cleaned by another ftfy are not reused."""
+    ftfy, _ = _cleaners()
+    return f"wan-whitespace+ftfy-{ftfy.__version__}"
 
 
 def _file_fingerprint(path: Path, digest: hashlib._Hash, whole: bool) -> None:
@@ -131,13 +148,9 @@ class UMT5TextEncoder:
         self.text_len = text_len
         self.text_dim = int(model.config.d_model)
 
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Encode prompts; positions past each prompt's true token length are exactly zero."""
-        if self.model is None:
-            raise RuntimeError("this UMT5TextEncoder was closed; make a new one")
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError("encode takes a non-empty list of prompt strings")
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, ``[B, text_len]`` each, as Wan's ``HuggingfaceTokenizer(seq_len=512,
+        clean='whitespace')`` makes them: cleaned prompts, padded to ``text_len`` on the right, truncated."""
         tokens = self.tokenizer(
             [clean_prompt(p) for p in prompts],
             padding="max_length",
@@ -147,9 +160,18 @@ class UMT5TextEncoder:
             return_attention_mask=True,
             return_tensors="pt",
         )
+        return tokens["input_ids"], tokens["attention_mask"]  # mask: 1 for real tokens (right padding)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Encode prompts; positions past each prompt's true token length are exactly zero."""
+        if self.model is None:
+            raise RuntimeError("this UMT5TextEncoder was closed; make a new one")
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("encode takes a non-empty list of prompt strings")
+        ids, mask = self.tokenize(prompts)
         device = next(self.model.parameters()).device
-        ids = tokens["input_ids"].to(device)  # [B, text_len]
-        mask = tokens["attention_mask"].to(device)  # [B, text_len], 1 for real tokens (right padding)
+        ids, mask = ids.to(device), mask.to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # [B, L, D]
         lengths = mask.sum(dim=1)  # [B]
         keep = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]  # [B, L]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from memrope.models.pixels import DEFAULT_PIXELS, PIXEL_MAX, PIXEL_MIN, check_pixels, quantise
 from memrope.models.vae_convert import diffusers_to_wan_vae_keys
 from memrope.models.weight_files import WeightFileError, check_state_dict, read_state_dict, read_weight_folder
 
@@ -52,10 +53,6 @@ WAN21_LATENTS_STD = (
 _FIRST_FRAME_MARKER = "Rep"
 # state_dict encoding of one feature-cache slot.
 _SLOT_EMPTY, _SLOT_MARKER, _SLOT_TENSOR = 0, 1, 2
-
-# Pixel range of the decoder output (Wan decodes to [-1, 1]) and of uint8 frames.
-_PIXEL_MIN, _PIXEL_MAX = -1.0, 1.0
-_UINT8_MAX = 255.0
 
 ORIGINAL_VAE_FORMAT = (
     "the original Wan2.1 VAE state dict (Wan2.1_VAE.pth; keys like encoder.conv1.weight, "
@@ -202,8 +199,10 @@ class WanStreamingDecoder:
         config: WanVAEConfig,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        pixels: str = DEFAULT_PIXELS,
     ) -> None:
         check_diffusers_version()
+        self.pixels = check_pixels(pixels)  # uint8 quantisation of decode() (memrope.models.pixels)
         params = inspect.signature(vae.decoder.forward).parameters
         if not {"feat_cache", "feat_idx", "first_chunk"} <= set(params):
             raise ImportError(
@@ -266,11 +265,11 @@ class WanStreamingDecoder:
             )
             self._frames_in += 1
         out = torch.cat(outs, dim=2).float()  # [B, 3, T, H, W]
-        return out.clamp_(_PIXEL_MIN, _PIXEL_MAX)
+        return out.clamp_(PIXEL_MIN, PIXEL_MAX)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode a chunk to uint8 frames ``[B, T, H, W, 3]`` on the CPU, continuing the stream."""
-        return pixels_to_uint8(self.decode_float(latents))
+        return pixels_to_uint8(self.decode_float(latents), self.pixels)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The causal feature cache as a flat dict of tensors (safetensors-ready), on the decoder's device.
@@ -318,6 +317,7 @@ class WanStreamingDecoder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         config: WanVAEConfig | None = None,
+        pixels: str = DEFAULT_PIXELS,
     ) -> WanStreamingDecoder:
         """Load the original ``Wan2.1_VAE.pth`` (or a safetensors repack with the same keys)."""
         config = config or WanVAEConfig()
@@ -327,11 +327,12 @@ class WanStreamingDecoder:
         to_original = diffusers_to_wan_vae_keys(list(shapes), config.num_res_blocks)
         check_state_dict(state, {to_original[k]: s for k, s in shapes.items()}, path, ORIGINAL_VAE_FORMAT)
         vae.load_state_dict({k: state[to_original[k]] for k in shapes}, strict=True, assign=True)
-        return cls(vae, config, device, dtype)
+        return cls(vae, config, device, dtype, pixels)
 
     @classmethod
     def from_diffusers_dir(
-        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        pixels: str = DEFAULT_PIXELS,
     ) -> WanStreamingDecoder:
         """Load a diffusers ``vae/`` folder offline (its own ``config.json``; no hub look-up)."""
         path = Path(path)
@@ -351,14 +352,13 @@ class WanStreamingDecoder:
         vae = _build_vae(config, "meta")
         check_state_dict(state, {k: v.shape for k, v in vae.state_dict().items()}, path, DIFFUSERS_VAE_FORMAT)
         vae.load_state_dict(state, strict=True, assign=True)
-        return cls(vae, config, device, dtype)
+        return cls(vae, config, device, dtype, pixels)
 
 
-def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+def pixels_to_uint8(pixels: torch.Tensor, mode: str = DEFAULT_PIXELS) -> torch.Tensor:
     """``[B, 3, T, H, W]`` floats in [-1, 1] -> ``[B, T, H, W, 3]`` uint8 on the CPU.
 
-    Same rounding as diffusers' video post-processing: ``round((x + 1) / 2 * 255)``.
+    ``truncate`` (default) is Wan's ``cache_video`` and Self-Forcing's output; ``round`` is diffusers'
+    video post-processing (:mod:`memrope.models.pixels`).
     """
-    scaled = (pixels.float().clamp(_PIXEL_MIN, _PIXEL_MAX) - _PIXEL_MIN) / (_PIXEL_MAX - _PIXEL_MIN)
-    frames = (scaled * _UINT8_MAX).round_().to(torch.uint8)
-    return frames.permute(0, 2, 3, 4, 1).contiguous().cpu()  # [B, T, H, W, 3]
+    return quantise(pixels, mode).permute(0, 2, 3, 4, 1).contiguous().cpu()  # [B, T, H, W, 3]

@@ -26,10 +26,13 @@ from torch import nn
 from ..cache.base import KVCache
 from ..cache.plan import CacheGeometry
 from ..rope import Rope3D, apply_rope
+from .lora_linear import LoraLinear
 from .wan_config import WanConfig
 from .wan_fused import (
+    BlockLora,
     BlockModulation,
     FusedBlock,
+    FusedLora,
     FusedParams,
     block_forward,
     cast,
@@ -195,6 +198,19 @@ class WanHead(nn.Module):
         return self.head(modulate(self.norm(x), cond.head_shift, cond.head_scale, n_frames))
 
 
+def _stackable(*linears: LoraLinear) -> bool:
+    """Adapters the fused path can run as one stacked matmul: one rank, one scale, one dtype."""
+    return len({(m.lora_A.shape[0], m.scale, m.lora_A.dtype) for m in linears}) == 1
+
+
+def _fused_lora(*linears: nn.Linear) -> FusedLora | None:
+    """The fused path's view of the adapters of Linears that read one input (None when they have none)."""
+    if type(linears[0]) is not LoraLinear:
+        return None
+    return FusedLora(a=torch.cat([m.lora_A for m in linears]).detach(), b=tuple(m.lora_B.detach() for m in linears),
+                     scale=linears[0].scale)
+
+
 class WanModel(nn.Module):
     """Causal Wan2.1 T2V transformer predicting flow velocity for one chunk of latent frames."""
 
@@ -288,12 +304,15 @@ class WanModel(nn.Module):
         hooks = nn.modules.module
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return False
-        expected = {WanBlock, SelfAttention, CrossAttention, WanLayerNorm, WanRMSNorm, nn.Linear, nn.Sequential,
-                    nn.GELU, nn.Identity}
+        expected = {WanBlock, SelfAttention, CrossAttention, WanLayerNorm, WanRMSNorm, nn.Linear, LoraLinear,
+                    nn.Sequential, nn.GELU, nn.Identity}
         for block in self.blocks:
             for m in block.modules():
                 if type(m) not in expected or m._forward_hooks or m._forward_pre_hooks:
                     return False
+            qkv = [type(m) is LoraLinear for m in (block.self_attn.q, block.self_attn.k, block.self_attn.v)]
+            if any(qkv) and not (all(qkv) and _stackable(block.self_attn.q, block.self_attn.k, block.self_attn.v)):
+                return False  # q, k, v run as one matmul: their adapters must stack
             gelu = block.ffn[1]
             if len(block.ffn) != 3 or type(gelu) is not nn.GELU or gelu.approximate != "tanh":
                 return False
@@ -312,6 +331,8 @@ class WanModel(nn.Module):
         for blk in self.blocks:
             sa, ca, ffn = blk.self_attn, blk.cross_attn, blk.ffn
             w_ln3, b_ln3 = ln(blk.norm3)
+            lora = BlockLora(qkv=_fused_lora(sa.q, sa.k, sa.v), o=_fused_lora(sa.o), cq=_fused_lora(ca.q),
+                             co=_fused_lora(ca.o), ffn1=_fused_lora(ffn[0]), ffn2=_fused_lora(ffn[2]))
             blocks.append(FusedBlock(
                 w_qkv=torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]).detach(),
                 b_qkv=torch.cat([sa.q.bias, sa.k.bias, sa.v.bias]).detach(),
@@ -320,7 +341,7 @@ class WanModel(nn.Module):
                 w_cq=ca.q.weight.detach(), b_cq=ca.q.bias.detach(), w_cq_norm=rms_scale(ca.norm_q.weight),
                 w_co=ca.o.weight.detach(), b_co=ca.o.bias.detach(),
                 w_ffn1=ffn[0].weight.detach(), b_ffn1=ffn[0].bias.detach(),
-                w_ffn2=ffn[2].weight.detach(), b_ffn2=ffn[2].bias.detach()))
+                w_ffn2=ffn[2].weight.detach(), b_ffn2=ffn[2].bias.detach(), lora=lora))
         cfg = self.config
         patch = self.patch_embedding
         return FusedParams(blocks=tuple(blocks), w_patch=patch.weight.detach().flatten(1),

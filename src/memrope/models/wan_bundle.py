@@ -21,6 +21,7 @@ import torch
 
 from .bundle import BundleOptions, ModelBundle
 from .checkpoints import load_transformer
+from .pixels import DEFAULT_PIXELS
 from .prompt_cache import PromptEmbeddingCache, encode_prompts_cached
 from .text import (
     DIFFUSERS_TEXT_ENCODER,
@@ -87,12 +88,13 @@ class WanFolder:
         make = UMT5EncoderFactory.from_wan_dir if self.text_layout == "wan" else UMT5EncoderFactory.from_diffusers_dir
         return make(self.root, device=str(device), dtype=dtype, text_len=text_len)
 
-    def decoder(self, device: torch.device | str, dtype: torch.dtype) -> WanVideoDecoder:
+    def decoder(self, device: torch.device | str, dtype: torch.dtype, pixels: str = DEFAULT_PIXELS) -> WanVideoDecoder:
         if self.vae_layout == "diffusers":
-            return WanVideoDecoder(WanStreamingDecoder.from_diffusers_dir(self.root / DIFFUSERS_VAE, device, dtype))
+            return WanVideoDecoder(
+                WanStreamingDecoder.from_diffusers_dir(self.root / DIFFUSERS_VAE, device, dtype, pixels=pixels))
         path = self.root / WAN_VAE_FILE
         config = original_vae_config(path)
-        return WanVideoDecoder(WanStreamingDecoder.from_wan_pth(path, device, dtype, config=config))
+        return WanVideoDecoder(WanStreamingDecoder.from_wan_pth(path, device, dtype, config=config, pixels=pixels))
 
 
 def original_vae_config(path: Path) -> WanVAEConfig:
@@ -135,6 +137,10 @@ class WanVideoDecoder:
     @property
     def latent_channels(self) -> int:
         return self.inner.latent_channels
+
+    @property
+    def pixels(self) -> str:
+        return self.inner.pixels
 
     def reset(self) -> None:
         self.inner.reset()
@@ -204,7 +210,7 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
     folder = WanFolder.inspect(options.wan_dir)
     fallback = read_dit_config(folder.dit_config) if folder.dit_config else None
     # The VAE first: it is small, and a bad --height/--width fails before the transformer is read.
-    decoder = folder.decoder(decode_device or device, dtype)
+    decoder = folder.decoder(decode_device or device, dtype, options.pixels)
     latent_size(options.height, options.width, decoder.spatial_factor, patch=(1, 1, 1))
     model = load_transformer(
         options.model,
@@ -212,6 +218,7 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
         lora=options.lora,
         lora_rank=options.lora_rank,
         lora_alpha=options.lora_alpha,
+        lora_mode=options.lora_mode,
         use_ema=options.use_ema,
         size=None,
         config_fallback=fallback,
@@ -227,7 +234,8 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
     latent_hw = latent_size(options.height, options.width, decoder.spatial_factor, cfg.patch)
     cache_dir = options.prompt_cache or default_prompt_cache(folder.root)
     text = CachedPromptEncoder(folder.text_encoder_factory(device, cfg.text_len), cache_dir, cfg.text_dim)
-    parts = Path(options.checkpoint).name + (f" + {Path(options.lora).name}" if options.lora else "")
+    parts = Path(options.checkpoint).name + (f" + {Path(options.lora).name} ({options.lora_mode})"
+                                             if options.lora else "")
     size = next((name for name, named in WAN_CONFIGS.items() if named == cfg), f"{cfg.dim}x{cfg.num_layers}")
     return ModelBundle(
         model=model,

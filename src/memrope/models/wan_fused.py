@@ -8,7 +8,9 @@ and on a GPU every operation is a kernel launch. Per block this path
   and k together;
 - folds the adaLN modulation into the LayerNorm's own affine (batch 1) or one ``addcmul``;
 - applies gate and residual as one ``addcmul``;
-- reads parameters from tuples instead of ``Module`` attribute lookups and ``__call__``.
+- reads parameters from tuples instead of ``Module`` attribute lookups and ``__call__``;
+- adds unmerged LoRA adapters (:class:`~memrope.models.lora_linear.LoraLinear`) with PEFT's operations,
+  the A matrices of q, k and v stacked into one matmul.
 
 It runs when a pass's frames share one timestep (every inference pass), no gradient is recorded and
 every submodule it bypasses is plain (:meth:`WanModel.fused_params`); otherwise the module path
@@ -58,6 +60,43 @@ def rms_scale(weight: torch.Tensor) -> torch.Tensor:
     return fp32(weight.detach()) * weight.shape[-1] ** 0.5
 
 
+class FusedLora(NamedTuple):
+    """An unmerged LoRA on one matmul of the fused path: the A matrices of the projections that read the
+    same input, stacked ([n r, in]), each projection's B ([out_i, r]) in output order, and the scale."""
+
+    a: torch.Tensor
+    b: tuple[torch.Tensor, ...]
+    scale: float
+
+
+class BlockLora(NamedTuple):
+    """The LoRA of each matmul of a block (None: no adapter there)."""
+
+    qkv: FusedLora | None = None
+    o: FusedLora | None = None
+    cq: FusedLora | None = None
+    co: FusedLora | None = None
+    ffn1: FusedLora | None = None
+    ffn2: FusedLora | None = None
+
+
+NO_LORA = BlockLora()
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, lora: FusedLora | None) -> torch.Tensor:
+    """``F.linear`` plus an unmerged LoRA added as PEFT adds it: x W^T + b + ((x A^T) B^T) s, each product
+    rounded to the run dtype (:class:`~memrope.models.lora_linear.LoraLinear`)."""
+    y = F.linear(x, w, bias)
+    if lora is None:
+        return y
+    t = F.linear(cast(x, lora.a.dtype), lora.a)  # [..., n r]
+    if len(lora.b) == 1:
+        d = F.linear(t, lora.b[0])
+    else:
+        d = torch.cat([F.linear(part, b) for part, b in zip(t.chunk(len(lora.b), dim=-1), lora.b)], dim=-1)
+    return y + d * lora.scale
+
+
 class FusedBlock(NamedTuple):
     """One block's parameters as the fused path reads them; norm weights fp32."""
 
@@ -77,6 +116,7 @@ class FusedBlock(NamedTuple):
     b_ffn1: torch.Tensor
     w_ffn2: torch.Tensor
     b_ffn2: torch.Tensor
+    lora: BlockLora = NO_LORA  # unmerged adapters (LoraLinear), if any
 
 
 class FusedParams(NamedTuple):
@@ -132,7 +172,8 @@ def block_forward(p: FusedBlock, m: BlockModulation, fp: FusedParams, x: torch.T
     """One Wan block on x [B, L, dim]; the same contract as ``WanBlock.forward``."""
     b, n, dim = x.shape
     heads, hd, eps = fp.heads, fp.head_dim, fp.eps
-    qkv = F.linear(norm_modulate(x, m.shift1, m.scale1, eps), p.w_qkv, p.b_qkv)  # [B, L, 3 dim]
+    lo = p.lora
+    qkv = linear(norm_modulate(x, m.shift1, m.scale1, eps), p.w_qkv, p.b_qkv, lo.qkv)  # [B, L, 3 dim]
     qk = rms_norm_fused(qkv[..., :2 * dim].unflatten(-1, (2, dim)), p.w_qk_norm, fp.eps_norm)  # [B, L, 2, dim]
     qk = qk.view(b, n, 2 * heads, hd)  # q heads, then k heads
     v = qkv[..., 2 * dim:].view(b, n, heads, hd)  # [B, L, H, D]
@@ -141,15 +182,15 @@ def block_forward(p: FusedBlock, m: BlockModulation, fp: FusedParams, x: torch.T
                                 q_raw=qk[:, :, :heads])
     y = F.scaled_dot_product_attention(qk_rot[:, :, :heads].transpose(1, 2), k_ctx.transpose(1, 2),
                                        v_ctx.transpose(1, 2))  # [B, H, L, D]
-    x = gate_residual(x, F.linear(y.transpose(1, 2).flatten(2), p.w_o, p.b_o), m.gate1)
+    x = gate_residual(x, linear(y.transpose(1, 2).flatten(2), p.w_o, p.b_o, lo.o), m.gate1)
     # text cross-attention (keys and values projected once per prompt)
     c = x if p.w_ln3 is None else cast(F.layer_norm(fp32(x), (dim,), p.w_ln3, p.b_ln3, eps), x.dtype)
-    q = rms_norm_fused(F.linear(c, p.w_cq, p.b_cq), p.w_cq_norm, fp.eps_norm).view(b, n, heads, hd)
+    q = rms_norm_fused(linear(c, p.w_cq, p.b_cq, lo.cq), p.w_cq_norm, fp.eps_norm).view(b, n, heads, hd)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), text_k.transpose(1, 2), text_v.transpose(1, 2))
-    x = x + F.linear(y.transpose(1, 2).flatten(2), p.w_co, p.b_co)
+    x = x + linear(y.transpose(1, 2).flatten(2), p.w_co, p.b_co, lo.co)
     # feed-forward
-    h = F.gelu(F.linear(norm_modulate(x, m.shift2, m.scale2, eps), p.w_ffn1, p.b_ffn1), approximate="tanh")
-    return gate_residual(x, F.linear(h, p.w_ffn2, p.b_ffn2), m.gate2)
+    h = F.gelu(linear(norm_modulate(x, m.shift2, m.scale2, eps), p.w_ffn1, p.b_ffn1, lo.ffn1), approximate="tanh")
+    return gate_residual(x, linear(h, p.w_ffn2, p.b_ffn2, lo.ffn2), m.gate2)
 
 
 def patch_embed(fp: FusedParams, x: torch.Tensor) -> torch.Tensor:

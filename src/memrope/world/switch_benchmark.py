@@ -42,7 +42,7 @@ from ..cache import make_policy
 from ..generate import GenerationConfig, StreamingGenerator
 from ..models.bundle import ModelBundle
 from ..models.toy.default import load_default
-from .benchmark import mean_ci
+from .benchmark import BENCHMARK_PIXELS, mean_ci
 from .palette import BACKGROUND_COLOURS, OBJECT_COLOURS, object_rgb
 from .prompts import format_prompt, parse_prompt, sample_spec
 from .raster import background_image
@@ -169,7 +169,7 @@ def proportion_ci(successes: int, n: int) -> tuple[float, float]:
 
 
 def run(cfg: SwitchBenchmarkConfig, bundle: ModelBundle | None = None, log=print) -> dict:
-    bundle = bundle or load_default()
+    bundle = bundle or load_default(pixels=BENCHMARK_PIXELS)  # frames rounded as the truth is rendered
     scenes = [switch_prompts(i) for i in range(cfg.scenes)]
     before, after = [a for a, _ in scenes], [b for _, b in scenes]
     result: dict = {"config": {**asdict(cfg), "model": bundle.name, "prompts": scenes}, "policies": {}}

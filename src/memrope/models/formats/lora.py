@@ -1,4 +1,5 @@
-"""LongLive's PEFT LoRA: reading ``lora.pt`` (or a PEFT adapter folder), checking it against the model, merging.
+"""LongLive's PEFT LoRA: reading ``lora.pt`` (or a PEFT adapter folder), checking it against the model, merging
+(or, unmerged, :mod:`memrope.models.lora_linear`).
 
 LongLive 1.0 ``lora.pt``: ``{"generator_lora": peft_sd, "critic_lora": ..., "step": n}`` where ``peft_sd`` is
 PEFT's ``get_peft_model_state_dict`` of the transformer wrapped by ``peft.get_peft_model``, so keys read
@@ -192,6 +193,8 @@ def merge_lora(
     """``W + scale * B @ A`` per module, computed in fp32 on ``device`` and cast to ``dtype`` right away.
 
     Casting module by module keeps the fp32 copy of at most one weight alive (5 GB fewer for 1.3B in bf16).
+    Exact in exact arithmetic only: LongLive runs the adapters unmerged in bf16 (PEFT), and a bf16 merged
+    weight rounds otherwise (``--lora-mode unmerged``, :mod:`memrope.models.lora_linear`, reproduces PEFT).
     """
     merged = dict(state)
     for name, pair in modules.items():

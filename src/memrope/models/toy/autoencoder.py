@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..pixels import DEFAULT_PIXELS, check_pixels, quantise
+
 SPATIAL_STRIDE = 8
 """Pixels per latent cell along each axis (three stride-2 stages)."""
 
@@ -94,10 +96,10 @@ class FrameAutoencoder(nn.Module):
         self.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-4))
 
 
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (clamped, rounded)."""
-    out = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return out.movedim(-3, -1).contiguous()
+def to_uint8(pixels: torch.Tensor, mode: str = DEFAULT_PIXELS) -> torch.Tensor:
+    """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3], clamped and quantised by ``mode`` (truncated by
+    default, as the reference pipelines do: :mod:`memrope.models.pixels`)."""
+    return quantise(pixels, mode).movedim(-3, -1).contiguous()
 
 
 class WorldDecoder:
@@ -106,8 +108,9 @@ class WorldDecoder:
     temporal_stride = 1
     spatial_stride = SPATIAL_STRIDE
 
-    def __init__(self, autoencoder: FrameAutoencoder):
+    def __init__(self, autoencoder: FrameAutoencoder, pixels: str = DEFAULT_PIXELS):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.pixels = check_pixels(pixels)
         self.latent_channels = autoencoder.latent_channels
 
     def reset(self) -> None:
@@ -134,4 +137,4 @@ class WorldDecoder:
         z = latents.detach().to(device=p.device, dtype=p.dtype)
         z = z.transpose(1, 2).flatten(0, 1)  # [B*F, C, h, w]
         pixels = self.autoencoder.decode(z)  # [B*F, 3, H, W]
-        return to_uint8(pixels).cpu().unflatten(0, (b, f))  # [B, F, H, W, 3]
+        return to_uint8(pixels, self.pixels).cpu().unflatten(0, (b, f))  # [B, F, H, W, 3]

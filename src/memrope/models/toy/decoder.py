@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..pixels import DEFAULT_PIXELS, check_pixels, quantise
+
 WAN_TEMPORAL_STRIDE = 4  # video frames per latent frame after the first (Wan VAE)
 WAN_SPATIAL_STRIDE = 8  # pixels per latent cell along each axis (Wan VAE)
 PROJECTION_SEED = 1234  # fixed so every install decodes the same latents to the same pixels
@@ -19,9 +21,10 @@ PROJECTION_SEED = 1234  # fixed so every install decodes the same latents to the
 
 class ToyDecoder:
     def __init__(self, latent_channels: int, spatial_stride: int = WAN_SPATIAL_STRIDE,
-                 temporal_stride: int = WAN_TEMPORAL_STRIDE):
+                 temporal_stride: int = WAN_TEMPORAL_STRIDE, pixels: str = DEFAULT_PIXELS):
         if latent_channels < 1 or spatial_stride < 1 or temporal_stride < 1:
             raise ValueError("ToyDecoder: channels and strides must be >= 1")
+        self.pixels = check_pixels(pixels)  # uint8 quantisation (memrope.models.pixels)
         self.latent_channels = latent_channels
         self.spatial_stride = spatial_stride
         self.temporal_stride = temporal_stride
@@ -62,5 +65,5 @@ class ToyDecoder:
         b, t = rgb.shape[:2]
         rgb = F.interpolate(rgb.flatten(0, 1), scale_factor=self.spatial_stride, mode="bilinear",
                             align_corners=False)
-        pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [-1, 1] -> [0, 255]
+        pixels = quantise(rgb, self.pixels)  # [-1, 1] -> [0, 255]
         return pixels.unflatten(0, (b, t)).permute(0, 1, 3, 4, 2).contiguous()

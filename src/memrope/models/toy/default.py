@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bundle import ModelBundle
+from ..pixels import DEFAULT_PIXELS
 from ..wan import WanModel
 from ..wan_config import wan_config
 from .autoencoder import FrameAutoencoder, WorldDecoder
@@ -48,7 +49,7 @@ def section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 decode_device: str | torch.device | None = None) -> ModelBundle:
+                 decode_device: str | torch.device | None = None, pixels: str = DEFAULT_PIXELS) -> ModelBundle:
     cfg = wan_config(DEFAULT_CONFIG)
     tensors, meta = read_weights()
     model = WanModel(cfg)
@@ -63,7 +64,7 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     return ModelBundle(
         model=model,
         text_encoder=world_text_encoder(meta.get("text_encoder", ""), cfg.text_len, cfg.text_dim),
-        decoder=WorldDecoder(autoencoder),
+        decoder=WorldDecoder(autoencoder, pixels),
         latent_hw=DEFAULT_LATENT_HW,
         name=f"{DEFAULT_CONFIG} world model (trained, {steps}, seed {meta.get('seed', '?')})",
         threads=1,
