@@ -1,10 +1,11 @@
 """The comparison methods' mechanisms against closed forms and brute force on tiny tensors."""
 
+import pytest
 import torch
 
 from memrope.cache import CacheGeometry, KVCache, make_policy
 from memrope.cache.ema import adaptive_alpha
-from memrope.generate import GenerationConfig, StreamingGenerator
+from memrope.generate import GenerationConfig, StreamingGenerator, json_roundtrip
 from memrope.rope import Rope3D, apply_rope
 
 from ..conftest import TINY_LATENT_HW
@@ -153,3 +154,19 @@ def test_adaptive_alpha_spans_a_tenth_to_five_times_alpha_short_with_the_motion(
     evicted[0, 3] = 0.5
     alpha = adaptive_alpha(evicted, memory, 0.1)[0, :, 0, 0]
     torch.testing.assert_close(alpha, torch.tensor([0.01, 0.5, 0.01, 0.01 + 0.5 * 0.49]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["deep_forcing", "deep_forcing_sink_only", "ema_sink", "lol", "infinity_rope",
+                                    "attention_sink_infinite", "memrope_adaptive", "memrope_switch_reset"])
+def test_a_saved_stream_resumes_bit_for_bit(tiny_model, tiny_text, policy):
+    """Mid-compression-cycle, with a RoPE cut pending: the state (slots with their shifts, reuse counts,
+    kept queries, EMA sink, the clock's cut offset) is complete."""
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW)
+    gen = StreamingGenerator(tiny_model, make_policy(policy), tiny_text, config)
+    list(gen.stream(10))
+    gen.switch_prompt(tiny_text, cut=True)
+    tensors, data = gen.state_dict()
+    resumed = StreamingGenerator(tiny_model, make_policy(policy), tiny_text, config)
+    resumed.load_state_dict(tensors, json_roundtrip(data))  # as a run directory stores it
+    for a, b in zip(gen.stream(16), resumed.stream(16), strict=True):
+        assert torch.equal(a.latents, b.latents) and a.stats["query_pos"] == b.stats["query_pos"]
