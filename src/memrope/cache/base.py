@@ -8,8 +8,9 @@ Layout: every layer keeps its context in *slot order*: slot ``i`` covers tokens
 chunk being generated the slots right after it, so attention always reads one contiguous prefix
 (no concatenation, no clone per pass). Keys are held attention-ready (rotated); policies that
 re-index positions (``rotate_at_read``) also keep the unrotated keys and rotate the past once per
-chunk, since positions never change between the passes of a chunk. (``ring.py`` is the
-ring-buffer variant for policies that need no unrotated keys.)
+chunk, since positions never change between the passes of a chunk; for the others, a slot whose
+planned position moves (Deep Forcing's sink) has its stored keys rotated in time by the difference.
+(``ring.py`` is the ring-buffer variant for policies that need no unrotated keys.)
 """
 
 from __future__ import annotations
