@@ -183,3 +183,19 @@ def test_every_registered_policy_builds_with_defaults():
     for name in policy_names():
         cache = make_cache(name)
         run_chunk(cache)
+
+
+def test_every_policy_and_preset_names_its_paper_and_the_code_it_follows(capsys):
+    from memrope.cache.registry import PRESETS, describe_policies
+    from memrope.cli import main
+
+    rows = {row["name"]: row for row in describe_policies()}
+    assert set(rows) == set(policy_names())
+    for name, row in rows.items():
+        assert row["paper"] and row["source"], name
+        if name in PRESETS:
+            assert row["source"].startswith(f"preset of {PRESETS[name].base}: "), name
+    assert "paper only" in rows["lol"]["source"]
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    assert "code: Nizben/Spectral_C@ea9961a" in out and "code: yesiltepe-hidir/infinity-rope@63d7b84" in out
