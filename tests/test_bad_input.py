@@ -70,9 +70,9 @@ def test_bad_checkpoint_files(tmp_path, capsys, wan_dir, kind, message):
     (["--policy-opt", "cache_sise=12"], r"unknown option\(s\) cache_sise; known options"),
     (["--policy-opt", "sink=20"], r"must hold sink \(20\)"),
     (["--prompt", ""], r"empty prompt"),
-    (["--prompt", "a cat[10s] | a dog[x]"], r"cannot read the duration tag"),
-    (["--prompt", "a cat[60s] | a dog[5s]", "--duration", "10"], r"only \d+ chunks"),
-    (["--prompts", "/nonexistent/schedule.yaml"], r"does not exist"),
+    (["--prompt", "a red disc[10s] | a blue ring[x]"], r"cannot read the duration tag"),
+    (["--prompt", "a red disc[60s] | a blue ring[5s]", "--duration", "10"], r"only \d+ chunks"),
+    (["--schedule", "/nonexistent/schedule.yaml"], r"does not exist"),
     (["--resume", "/nonexistent/run"], r"not a memrope run directory"),
     (["--decode-device", "cuda:7"], r"--decode-device cuda:7 requested but this machine has \d+ CUDA"),
     (["--decode-device", "gpu"], r"--decode-device 'gpu' is not a device"),
@@ -89,7 +89,7 @@ def test_bad_values_and_schedules(tmp_path, capsys, argv, message):
 
 def test_over_long_prompt_is_truncated_with_a_warning(tmp_path, capsys):
     out = tmp_path / "v.mp4"
-    code, err = run(capsys, ["generate", "--prompt", " ".join(["word"] * 400), "--latent-frames", "3",
+    code, err = run(capsys, ["generate", "--prompt", " ".join(["red"] * 400), "--latent-frames", "3",
                              "--out", str(out), "--no-progress"])
     assert code == 0 and "warning: prompt cut to the encoder's" in err
 

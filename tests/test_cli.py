@@ -115,3 +115,132 @@ def test_two_gpu_split_matches_one_gpu(tmp_path, capsys):
         assert code == 0, err
         videos.append(read_frames(out).astype(int))
     assert abs(videos[0] - videos[1]).max() <= 1  # the same decoder on two devices: equal up to rounding
+
+
+def _all_parsers():
+    """Every parser of the command line: the top level, each subcommand, and the forwarded ones."""
+    import argparse
+
+    from memrope.bench import build_parser as bench_parser
+    from memrope.cli import build_parser
+    from memrope.distributed import build_parser as many_parser
+
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {"memrope": top, **{f"memrope {k}": v for k, v in sub.choices.items() if k not in
+                                  ("bench", "generate-many")}}
+    parsers["memrope bench"], parsers["memrope generate-many"] = bench_parser(), many_parser()
+    return parsers
+
+
+def test_every_option_has_help_and_help_shows_the_defaults(capsys):
+    import argparse
+
+    missing, no_default = [], []
+    for name, parser in _all_parsers().items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            if not action.help:
+                missing.append(f"{name} {action.dest}")
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) and \
+                    not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                if "default" not in (action.help or "") and \
+                        f"(default:{action.default})".replace(" ", "") not in "".join(text.split()):
+                    no_default.append(f"{name} {action.option_strings[0]}")
+    assert not missing and not no_default, (missing, no_default)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: memrope)", "(default: 0)", "(default: 3)", "(default: 16)", "(default: 18)",
+                  "(default: 480)", "(default: 832)", "float16", "Exit statuses: 0 done; 2 a user error"):
+        assert shown in text, shown
+
+
+def test_an_argument_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--seed", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert err == "memrope generate: error: argument --seed: invalid int value: 'x' (see `memrope generate --help`)\n"
+
+
+def test_vocabulary_lists_every_word_of_the_toy_world(capsys):
+    from memrope.world.prompts import VOCABULARY
+
+    code, out, _ = run(["vocabulary"], capsys)
+    assert code == 0
+    for role, words in VOCABULARY.items():
+        assert any(line.startswith(role) and all(w in line for w in words) for line in out.splitlines()), role
+
+
+def test_unknown_words_name_the_nearest_known_ones(tmp_path, capsys):
+    code, _, err = run(["generate", "--prompt", "a red disk and a blu square", "--out", str(tmp_path / "v.mp4")],
+                       capsys)
+    assert code == 2 and not (tmp_path / "v.mp4").exists()
+    assert "does not know 'disk' (nearest: disc" in err and "'blu' (nearest: blue" in err
+    assert "memrope vocabulary" in err
+
+
+def test_start_up_line_names_the_generation_seed_and_lossless_is_recorded(tmp_path, capsys):
+    out = tmp_path / "v.mkv"
+    code, _, err = run(["generate", "--seed", "7", "--latent-frames", "6", "--out", str(out), "--lossless",
+                        "--checkpoint-every", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "policy memrope, seed 7," in err and "training seed 0" in err
+    manifest = json.loads((tmp_path / "v.mkv.run" / "manifest.json").read_text())
+    assert manifest["settings"]["video"] == {"codec": "ffv1"}
+    chunks = [json.loads(line) for line in (tmp_path / "v.mkv.run" / "chunks.jsonl").read_bytes().splitlines()]
+    import hashlib
+
+    frames = read_frames(out)  # the assembled lossless file decodes to exactly the generated frames
+    assert [hashlib.sha256(frames[3 * i:3 * i + 3].tobytes()).hexdigest() for i in range(2)] == \
+        [c["frames_sha256"] for c in chunks]
+
+
+def test_crf_is_recorded_and_conflicts_on_resume(tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    assert run(["generate", "--crf", "30", "--latent-frames", "6", "--out", str(out), "--checkpoint-every", "1",
+                "--no-progress"], capsys)[0] == 0
+    run_dir = tmp_path / "v.mp4.run"
+    assert json.loads((run_dir / "manifest.json").read_text())["settings"]["video"] == {"codec": "h264", "crf": 30}
+    code, _, err = run(["generate", "--resume", str(run_dir), "--crf", "18", "--latent-frames", "9"], capsys)
+    assert code == 2 and "--crf" in err
+
+
+def test_bench_prints_its_table_on_stdout_and_json_only_into_a_file(tmp_path, capsys):
+    argv = ["bench", "--config", "tiny", "--latent", "4x4", "--chunks", "3", "--warmup", "1", "--policies",
+            "memrope", "--device", "cpu", "--matmul-n", "64"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and out.count("\n") < 10 and "| memrope |" in out and "{" not in out
+    code, out, err = run([*argv, "--out", str(tmp_path / "b.json")], capsys)
+    assert code == 0 and "| memrope |" in out
+    assert set(json.loads((tmp_path / "b.json").read_text())["results"]) == {"memrope"}
+
+
+def test_compare_says_which_video_of_how_many(tmp_path, capsys):
+    code, _, err = run(["compare", "--policies", "memrope,sliding_window", "--latent-frames", "3", "--out",
+                        str(tmp_path / "cmp"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "video 1 of 2: memrope" in err and "video 2 of 2: sliding_window" in err
+
+
+def test_eval_progress_bar_knows_its_total_for_a_streamed_mp4(tmp_path, monkeypatch):
+    """A fragmented MP4 declares no frame count, only a duration: the bar's total comes from it."""
+    import numpy as np
+
+    import memrope.eval.analysis as analysis
+    from memrope.eval.reader import probe_video
+    from memrope.video import VideoWriter
+
+    path = tmp_path / "v.mp4"
+    with VideoWriter(path, fps=16) as writer:
+        writer.write(np.zeros((40, 16, 16, 3), dtype=np.uint8))
+    assert probe_video(path).frame_count == 0  # what made the bar total-less
+    totals = []
+    real = analysis.tqdm
+    monkeypatch.setattr(analysis, "tqdm", lambda *a, **k: totals.append(k.get("total")) or real(*a, **k))
+    analysis.analyze_video(path, progress=False)
+    assert totals == [40]

@@ -17,7 +17,7 @@ from memrope.generate_options import (
     NOISE_CHOICES,
     PIXEL_CHOICES,
     add_generate_arguments,
-    settings_from_args,
+    request_from_args,
 )
 from memrope.run import generate
 
@@ -38,9 +38,13 @@ def latents(run_dir: Path) -> torch.Tensor:
     return torch.cat([load_file(str(f))["latents"] for f in files], dim=2)
 
 
-def parse(args: list[str]) -> dict:
-    """The settings ``memrope generate ARGS`` would run."""
-    return settings_from_args(add_generate_arguments(argparse.ArgumentParser()).parse_args(args[1:]))
+def parse(args: list[str]) -> tuple:
+    """The settings and outputs ``memrope generate ARGS`` would run."""
+    return request_from_args(add_generate_arguments(argparse.ArgumentParser()).parse_args(args[1:]))
+
+
+def chunk_hashes(run_dir: Path) -> list[str]:
+    return [json.loads(line)["frames_sha256"] for line in (run_dir / "chunks.jsonl").read_bytes().splitlines()]
 
 
 def test_choices_are_the_libraries():
@@ -79,7 +83,7 @@ def test_reference_noise_resumes_exactly_after_a_crash(reference_run, tmp_path):
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        generate(settings, progress=False, on_chunk=crash)
+        generate(*settings, progress=False, on_chunk=crash)
     run_dir = Path(str(out) + ".run")
     assert manifest(run_dir)["chunks_done"] == 4
     assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
@@ -95,7 +99,7 @@ def test_pixels_choice_and_legacy_manifests_keep_rounding(tmp_path):
     assert main(argv(rounded, "--pixels", "round")) == 0
     truncated = tmp_path / "trunc.mp4"
     assert main(argv(truncated)) == 0
-    hashes = lambda out: [c["frames_sha256"] for c in manifest(Path(str(out) + ".run"))["chunk_stats"]]  # noqa: E731
+    hashes = lambda out: chunk_hashes(Path(str(out) + ".run"))  # noqa: E731
     assert hashes(rounded) != hashes(truncated)
     assert torch.equal(latents(Path(str(rounded) + ".run")), latents(Path(str(truncated) + ".run")))
 
@@ -107,13 +111,28 @@ def test_pixels_choice_and_legacy_manifests_keep_rounding(tmp_path):
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError):
-        generate(parse(settings), progress=False, on_chunk=crash)
+        generate(*parse(settings), progress=False, on_chunk=crash)
     run_dir = Path(str(legacy) + ".run")
-    data = manifest(run_dir)
-    del data["settings"]["noise"], data["settings"]["model"]["pixels"], data["settings"]["model"]["lora_mode"]
-    (run_dir / "manifest.json").write_text(json.dumps(data))
+    _as_version_1(run_dir)
     assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
     assert hashes(legacy) == hashes(rounded)
+
+
+def _as_version_1(run_dir: Path) -> None:
+    """Rewrite a run directory as the memrope before these options wrote it: manifest version 1 (segments and
+    statistics inside it), no noise / pixels / LoRA-mode settings."""
+    data = manifest(run_dir)
+    settings = {k: v for k, v in data["settings"].items() if k not in ("noise", "video", "attention_requested")}
+    settings["model"] = {k: v for k, v in settings["model"].items() if k not in ("pixels", "lora_mode")}
+    settings.update(out=str(run_dir.with_suffix("")), stats=None, run_dir=str(run_dir), prompt=None, prompts_file=None)
+    lines = lambda name: [json.loads(x) for x in (run_dir / name).read_bytes().splitlines()]  # noqa: E731
+    marks = {name: mark["lines"] for name, mark in data["logs"].items()}
+    v1 = {"version": 1, "settings": settings, "chunks_done": data["chunks_done"], "complete": False,
+          "segments": lines("segments.jsonl")[:marks["segments.jsonl"]],
+          "chunk_stats": lines("chunks.jsonl")[:marks["chunks.jsonl"]], "state": data["state"]}
+    (run_dir / "manifest.json").write_text(json.dumps(v1))
+    (run_dir / "segments.jsonl").unlink()
+    (run_dir / "chunks.jsonl").unlink()
 
 
 @pytest.mark.parametrize("option,value", [("--noise", "gpu"), ("--pixels", "floor"), ("--lora-mode", "fused")])

@@ -30,6 +30,13 @@ def manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+def chunk_stats(run_dir: Path) -> list[dict]:
+    """The committed chunk records: the log up to the length the manifest recorded."""
+    mark = manifest(run_dir)["logs"]["chunks.jsonl"]
+    data = (run_dir / "chunks.jsonl").read_bytes()[: mark["bytes"]]
+    return [json.loads(line) for line in data.splitlines()]
+
+
 def latents(run_dir: Path) -> torch.Tensor:
     files = sorted((run_dir / "segments").glob("*.latents.safetensors"))
     return torch.cat([load_file(str(f))["latents"] for f in files], dim=2)
@@ -83,9 +90,9 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(straight, tmp_pat
     assert kills == 3
     assert manifest(run_dir)["complete"] is False
     assert main(argv) == 0
-    got, ref = manifest(run_dir), manifest(ref_run)
+    got = manifest(run_dir)
     assert got["complete"] and got["chunks_done"] == CHUNKS
-    assert [c["frames_sha256"] for c in got["chunk_stats"]] == [c["frames_sha256"] for c in ref["chunk_stats"]]
+    assert [c["frames_sha256"] for c in chunk_stats(run_dir)] == [c["frames_sha256"] for c in chunk_stats(ref_run)]
     assert torch.equal(latents(run_dir), latents(ref_run))
     assert count_frames(out) == count_frames(ref_out)
     assert (read_frames(out) == read_frames(ref_out)).all()
@@ -103,7 +110,7 @@ def test_sigint_leaves_playable_output_and_resumes(straight, tmp_path):
     assert b"--resume" in err
     done = manifest(run_dir)["chunks_done"]
     assert 6 <= done < CHUNKS
-    finished = sum(c["video_frames"] for c in manifest(run_dir)["chunk_stats"])
+    finished = sum(c["video_frames"] for c in chunk_stats(run_dir))
     assert count_frames(out) == finished  # playable, every finished chunk in it
     assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
     assert torch.equal(latents(run_dir), latents(ref_run))
@@ -146,7 +153,7 @@ def test_full_disk_is_reported_and_the_run_resumes(straight, tmp_path, monkeypat
 
     monkeypatch.setattr(video.VideoWriter, "write", write)
     out = tmp_path / "v.mp4"
-    assert main(args(out)) == 3
+    assert main(args(out)) == 4  # its own status: the run is fine, the disk is not
     err = capsys.readouterr().err
     assert "disk full" in err and "--resume" in err
     monkeypatch.setattr(video.VideoWriter, "write", real)
@@ -163,7 +170,7 @@ def test_manifest_cannot_point_outside_its_run_directory(straight, tmp_path, cap
     shutil.copytree(straight[1], run_dir)
     data = manifest(run_dir)
     data["complete"] = False
-    data["segments"][0]["name"] = "../../../etc/passwd"
+    data["state"] = "../../../etc/passwd"
     (run_dir / "manifest.json").write_text(json.dumps(data))
     assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 2
     assert "outside the run directory" in capsys.readouterr().err
@@ -204,3 +211,37 @@ def test_crash_between_state_and_manifest_resumes_from_the_named_state(straight,
     assert torch.equal(latents(run_dir), latents(straight[1]))
     assert sorted(p.name for p in run_dir.glob("state_*")) == [manifest(run_dir)["state"]]
     assert named != manifest(run_dir)["state"]
+
+
+def test_a_finished_run_extended_equals_one_that_was_longer_from_the_start(straight, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    short = ["generate", "--policy", "memrope", "--latent-frames", str(3 * 30), "--out", str(out),
+             "--checkpoint-every", str(EVERY), "--save-latents", "--no-progress", "--seed", "11"]
+    assert main(short) == 0
+    run_dir = Path(str(out) + ".run")
+    assert manifest(run_dir)["complete"] and manifest(run_dir)["chunks_done"] == 30
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * CHUNKS), "--no-progress"]) == 0
+    got = manifest(run_dir)
+    assert got["complete"] and got["chunks_done"] == CHUNKS
+    assert [c["frames_sha256"] for c in chunk_stats(run_dir)] == [c["frames_sha256"] for c in chunk_stats(straight[1])]
+    assert torch.equal(latents(run_dir), latents(straight[1]))
+    assert count_frames(out) == count_frames(straight[0])
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * 30), "--no-progress"]) == 2
+    assert "cannot be shortened" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_extended_equals_one_that_was_longer_from_the_start(straight, tmp_path):
+    out = tmp_path / "v.mp4"
+    argv = ["generate", "--policy", "memrope", "--duration", "5", "--out", str(out), "--checkpoint-every",
+            str(EVERY), "--save-latents", "--no-progress", "--seed", "11"]
+    proc = start(argv)
+    run_dir = Path(str(out) + ".run")
+    wait_for_chunks(run_dir, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not manifest(run_dir)["complete"]
+    assert main(["generate", "--resume", str(run_dir), "--latent-frames", str(3 * CHUNKS), "--no-progress"]) == 0
+    assert manifest(run_dir)["settings"]["latent_frames"] == 3 * CHUNKS
+    assert [c["frames_sha256"] for c in chunk_stats(run_dir)] == [c["frames_sha256"] for c in chunk_stats(straight[1])]
+    assert torch.equal(latents(run_dir), latents(straight[1]))

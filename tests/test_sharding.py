@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from memrope.schedule import load_prompt_list as read_prompts
 from memrope.sharding import (
     MANIFEST,
     is_done,
     marker_path,
-    read_prompts,
     run_sharded,
     shard,
 )
@@ -142,14 +142,28 @@ def test_torchrun_resume_skips_done_prompts(tmp_path):
     assert (out / f"{5:06d}.mp4").read_text() == PROMPTS[5]
 
 
-def test_generate_many_single_process(tmp_path):
-    from memrope.distributed import generate_many_main
+def test_generate_many_single_process(tmp_path, capsys):
+    from memrope.cli import main
+    from memrope.distributed import ManyRuns
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red ball\na blue square\n")
+    prompts.write_text("a red disc\na blue square\n")
     out = tmp_path / "out"
-    assert generate_many_main(["--prompts", str(prompts), "--out-dir", str(out), "--",
-                               "--latent-frames", "3"]) == 0
-    assert all(is_done(out / f"{i:06d}.mp4") for i in range(2))
-    with pytest.raises(SystemExit):
-        generate_many_main(["--prompts", str(prompts), "--out-dir", str(out), "--", "--seed", "3"])
+    argv = ["generate-many", "--prompts", str(prompts), "--out-dir", str(out), "--", "--latent-frames", "3"]
+    assert main(argv) == 0
+    runs = ManyRuns(["--latent-frames", "3"], 0)
+    names = [runs.output_name(i, p) for i, p in enumerate(["a red disc", "a blue square"])]
+    assert all(is_done(out / name, runs.identity(i, p)) for i, (name, p) in
+               enumerate(zip(names, ["a red disc", "a blue square"])))
+    assert names[0].startswith("000000_") and names[0] != names[1]  # index + settings hash
+    marker = json.loads(marker_path(out / names[0]).read_text())
+    assert marker["settings_hash"] == runs.identity(0, "a red disc")
+    capsys.readouterr()
+    assert main(argv) == 0 and "generated 0, skipped 2" in capsys.readouterr().out  # a rerun skips what is done
+    assert main(["generate-many", "--prompts", str(prompts), "--out-dir", str(out), "--", "--seed", "3"]) == 2
+    assert "--seed is set per prompt" in capsys.readouterr().err
+    before = sorted(p.name for p in out.iterdir())
+    assert main([*argv, "--policy", "sliding_window"]) == 2  # another policy into the same folder: refused
+    err = capsys.readouterr().err
+    assert "holds videos made with other settings (differing: policy)" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before

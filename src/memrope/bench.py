@@ -335,27 +335,36 @@ def _hw(value: str) -> tuple[int, int]:
         h, w = (int(x) for x in value.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW (e.g. 60x104), got {value!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW with both sides >= 1, got {value!r}")
     return h, w
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="memrope bench", description=__doc__.splitlines()[0])
+    from .errors.parser import Parser, non_negative_int, positive_int
+    from .models.wan_config import WAN_CONFIGS
+
+    p = parser or Parser(prog="memrope bench", description=__doc__.splitlines()[0])
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                    help="comma-separated policies/presets; <policy>_reference_style for the reference-style "
                         "baseline")
-    p.add_argument("--config", default=None, help="model size: wan-1.3b | toy | tiny "
-                   "(default: wan-1.3b on CUDA, toy on CPU)")
-    p.add_argument("--latent", type=_hw, default=None,
+    p.add_argument("--config", default=None, choices=sorted(WAN_CONFIGS),
+                   help="model size (default: wan-1.3b on CUDA, toy on CPU)")
+    p.add_argument("--latent", type=_hw, default=None, metavar="HxW",
                    help="latent HxW (default: 60x104 = 832x480 for wan-1.3b, 8x8 otherwise)")
-    p.add_argument("--chunks", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=5, help="chunks excluded from steady state (cache fill)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunks", type=positive_int, default=16, help="chunks per policy")
+    p.add_argument("--warmup", type=non_negative_int, default=5,
+                   help="chunks excluded from steady state (cache fill); fewer than --chunks")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                   help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights, text and noise")
     p.add_argument("--decoder", choices=["none", "toy", "wan"], default="none",
-                   help="include a streaming decode in each chunk (default: transformer only)")
-    p.add_argument("--order", choices=["auto", "interleaved", "sequential"], default="auto")
-    p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-FLOP/s matmul")
+                   help="include a streaming decode in each chunk (none: transformer only)")
+    p.add_argument("--order", choices=["auto", "interleaved", "sequential"], default="auto",
+                   help="policies chunk by chunk (interleaved) or one after the other; auto: sequential on CUDA")
+    p.add_argument("--matmul-n", type=positive_int, default=None, metavar="N",
+                   help="size of the peak-FLOP/s matmul (default: 8192 on CUDA, 1024 on the CPU)")
     p.add_argument("--module-path", action="store_true",
                    help="run the model's module path instead of the fused inference path (to measure "
                         "what fusing saves)")
@@ -363,34 +372,57 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="SDPA kernel the passes prefer (auto: the fastest for each policy's shapes)")
     p.add_argument("--cost-model", action="store_true",
                    help="also print the cost model at the real shape (no compute)")
-    p.add_argument("--out", type=Path, help="write the JSON report here (default: stdout)")
+    p.add_argument("--out", type=Path, help="also write the full report as JSON here (tables go to stdout)")
     return p
 
 
 def bench_main(argv: list[str] | None = None) -> int:
+    """Tables on stdout, progress on stderr, the JSON report only into ``--out``; every argument checked
+    before the model is built."""
+    from .errors import UserError
+    from .errors.paths import check_output_file
+
     args = build_parser().parse_args(argv)
-    dev, _ = resolve(args.device, args.dtype)
+    if args.chunks <= args.warmup:
+        raise UserError(f"--chunks ({args.chunks}) must exceed --warmup ({args.warmup}) to leave steady-state chunks")
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise UserError("--policies names no policy")
+    try:
+        for name in policies:
+            bench_policy(name)
+        dev, _ = resolve(args.device, args.dtype)
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device} requested but this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    except (ValueError, RuntimeError) as e:
+        raise UserError(str(e)) from None
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     config = args.config or ("wan-1.3b" if dev.type == "cuda" else "toy")
     latent = args.latent or (REAL_LATENT_HW if config == "wan-1.3b" else (8, 8))
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    report = run_bench(policies, config, latent, chunks=args.chunks, warmup=args.warmup, device=args.device,
-                       dtype=args.dtype, seed=args.seed, decoder=args.decoder, order=args.order,
-                       matmul_n=args.matmul_n, fused=not args.module_path, attention=args.attention,
-                       progress=True)
+    try:
+        report = run_bench(policies, config, latent, chunks=args.chunks, warmup=args.warmup, device=args.device,
+                           dtype=args.dtype, seed=args.seed, decoder=args.decoder, order=args.order,
+                           matmul_n=args.matmul_n, fused=not args.module_path, attention=args.attention,
+                           progress=True)
+    except ValueError as e:  # shapes the model or a policy refuses (e.g. a latent its patch does not divide)
+        raise UserError(str(e)) from None
     if args.cost_model:
         real = cost_model.shape_for("wan-1.3b", REAL_LATENT_HW)
         plain = [bench_policy(p) for p in policies if not is_reference_style(p)]
         report["cost_model_real_shape"] = cost_model.compare(plain, real)
-        print(cost_model.format_table(report["cost_model_real_shape"]), file=sys.stderr)
-    print(format_table(report), file=sys.stderr)
-    text = json.dumps(report, indent=1)
-    if args.out:
+        print(cost_model.format_table(report["cost_model_real_shape"]))
+        print()
+    print(format_table(report))
+    if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"bench: report in {args.out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(bench_main())
+    from .errors import guarded
+
+    raise SystemExit(guarded(bench_main, prog="memrope bench"))

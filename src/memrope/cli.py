@@ -1,7 +1,8 @@
 """memrope: unbounded streaming video generation with bounded, comparable KV-cache policies.
 
-User errors (bad values, impossible sizes) print one line and exit with status 2, without a
-traceback and before any output file is created.
+Exit statuses: 0 done; 2 a user error (one line on stderr; checked before any file is created or
+changed); 3 the run stopped on non-finite latents (last good state kept); 4 the disk filled up
+(last good state kept: free space, then --resume); 130 interrupted (saved, resumable).
 """
 
 from __future__ import annotations
@@ -12,28 +13,36 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_RUN_FAILURE, EXIT_USER_ERROR, RunFailure, UserError
-from .generate_options import add_generate_arguments, settings_from_args
+from .errors import UserError, guarded
+from .errors.parser import Parser
+from .generate_options import add_generate_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memrope", description=__doc__.splitlines()[0])
+    doc = __doc__.split("\n\n")
+    parser = Parser(prog="memrope", description=doc[0], epilog=" ".join(doc[1].split()))
     parser.add_argument("--version", action="version", version=f"memrope {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser("generate", help="generate a video chunk by chunk")
+    gen = sub.add_parser("generate", help="generate a video chunk by chunk",
+                         description="Generate a video chunk by chunk (in constant memory for bounded policies).",
+                         epilog=" ".join(doc[1].split()))
     add_generate_arguments(gen)
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
+    sub.add_parser("vocabulary", help="the words the embedded toy model knows (its prompts may use only these)")
     enc = sub.add_parser("encode-prompts", help="fill the prompt-embedding cache with umT5, so that runs never "
                          "hold umT5 and the transformer in memory together")
     enc.add_argument("--wan-dir", type=Path, required=True, help="Wan2.1-T2V-1.3B folder (original or diffusers)")
     enc_src = enc.add_mutually_exclusive_group(required=True)
     enc_src.add_argument("--prompt", action="append", help="a prompt or inline schedule (repeatable)")
-    enc_src.add_argument("--prompts", type=Path, help="schedule file, or one prompt per line")
-    enc.add_argument("--prompt-cache", type=Path, help="cache folder (default: inside --wan-dir)")
-    enc.add_argument("--device", default="auto")
-    enc.add_argument("--dtype", default="bfloat16", help="umT5 dtype (bfloat16 | float32)")
+    enc_src.add_argument("--prompts", type=Path, metavar="FILE",
+                         help="a list of prompts, one video each (as for generate-many and compare): one per line "
+                              "(# comments), or a .json/.yaml list; each may be an inline schedule")
+    enc_src.add_argument("--schedule", type=Path, metavar="FILE", help="one video's schedule file (as for generate)")
+    enc.add_argument("--prompt-cache", type=Path, metavar="DIR", help="cache folder (default: inside --wan-dir)")
+    enc.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    enc.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="umT5 dtype")
     for name, target, text in (
         ("bench", "memrope.bench:bench_main", "per-chunk latency, FPS, memory, TFLOP/s and cost model per policy"),
         ("generate-many", "memrope.distributed:generate_many_main",
@@ -55,13 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .run import generate
+    from .generate_options import request_from_args, resume_request
+    from .run import generate, open_run, resume_outputs
 
+    progress = not args.no_progress
     if args.resume is not None:
-        return generate({}, resume=args.resume, progress=not args.no_progress)
-    if args.out is None:
-        raise UserError("--out is required (or --resume DIR to continue a run)")
-    return generate(settings_from_args(args), progress=not args.no_progress)
+        opened = open_run(args.resume)
+        settings, length = resume_request(args, opened.manifest.settings)
+        outputs = resume_outputs(args.resume, settings, args.out, args.stats)
+        return generate(settings, outputs, resume=opened, length=length, progress=progress)
+    settings, outputs = request_from_args(args)
+    return generate(settings, outputs, progress=progress)
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -70,6 +83,15 @@ def cmd_policies(args: argparse.Namespace) -> int:
     for row in describe_policies():
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "(no options)"
         print(f"{row['name']}\n    {row['paper']}\n    code: {row['source']}\n    {defaults}")
+    return 0
+
+
+def cmd_vocabulary(args: argparse.Namespace) -> int:
+    from .vocabulary import vocabulary_text
+
+    print("The embedded toy model knows these words (case and commas do not matter); an object is\n"
+          "[size] colour shape, e.g. \"a red disc and a large blue square bounce on a navy gradient, fast\".\n")
+    print(vocabulary_text())
     return 0
 
 
@@ -82,25 +104,37 @@ def _forward(target: str, argv: list[str]) -> int:
 
 
 def cmd_encode_prompts(args: argparse.Namespace) -> int:
-    from .models.bundle import resolve_device, resolve_dtype
-    from .schedule import load_schedule, parse_inline
+    from .errors.paths import check_output_dir
+    from .schedule import load_prompt_list, load_schedule, parse_inline
 
     try:
-        schedules = [load_schedule(args.prompts)] if args.prompts else [parse_inline(p) for p in args.prompt]
-        prompts = sorted({seg.prompt for sched in schedules for seg in sched.segments})
+        if args.schedule is not None:
+            schedules = [load_schedule(args.schedule)]
+        else:
+            schedules = [parse_inline(p) for p in (load_prompt_list(args.prompts) if args.prompts else args.prompt)]
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    prompts = sorted({seg.prompt for sched in schedules for seg in sched.segments})
+    from .models.bundle import resolve_device, resolve_dtype
+    from .models.wan_bundle import WanFolder, default_prompt_cache, encode_prompts_to_cache
+
+    try:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-        from .models.wan_bundle import encode_prompts_to_cache
-
+        folder = WanFolder.inspect(args.wan_dir)
+        check_output_dir(args.prompt_cache or default_prompt_cache(folder.root),
+                         "--prompt-cache" if args.prompt_cache else "the prompt cache inside --wan-dir (or give "
+                         "--prompt-cache)")
         paths = encode_prompts_to_cache(args.wan_dir, prompts, args.prompt_cache, device=device, dtype=dtype)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
     for prompt, path in zip(prompts, paths):
         print(f"{path}\t{prompt}")
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "encode-prompts": cmd_encode_prompts}
+COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "vocabulary": cmd_vocabulary,
+            "encode-prompts": cmd_encode_prompts}
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -112,17 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or args.func
-    try:
-        return handler(args)
-    except UserError as e:
-        print(f"memrope: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except RunFailure as e:
-        print(f"memrope: error: {e}", file=sys.stderr)
-        return EXIT_RUN_FAILURE
-    except KeyboardInterrupt:
-        print("memrope: interrupted", file=sys.stderr)
-        return 130
+    return guarded(lambda: handler(args))
 
 
 if __name__ == "__main__":

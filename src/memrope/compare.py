@@ -18,72 +18,74 @@ from .errors import UserError
 DEFAULT_POLICIES = "sliding_window,attention_sink,infinity_rope,deep_forcing,memrope"
 
 
-def read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise UserError(f"--prompts {path} does not exist")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise UserError(f"--prompts {path} holds no prompt (one per line; # starts a comment)")
-    return prompts
-
-
 def add_compare_parser(sub) -> argparse.ArgumentParser:
+    from .generate_options import positive_float, positive_int
+
     p = sub.add_parser("compare", help="generate with several policies (same prompts and seeds) and report")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
-    p.add_argument("--prompts", type=Path, help="text file, one prompt (or inline schedule) per line")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies or presets")
+    p.add_argument("--prompts", type=Path, metavar="FILE",
+                   help="a list of prompts, one video each: one per line (# comments), or a .json/.yaml list; each "
+                        "may be an inline schedule")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per prompt (0..N-1)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=float, default=30.0, help="seconds per video")
-    length.add_argument("--latent-frames", type=int)
+    length.add_argument("--duration", type=positive_float, default=30.0, help="seconds per video")
+    length.add_argument("--latent-frames", type=positive_int, metavar="N", help="latent frames per video")
     p.add_argument("--out", type=Path, required=True, help="output folder (videos/ and report/)")
     p.add_argument("--weights-dir", type=Path, help="local DINO/CLIP/LAION weights for the network metrics")
-    p.add_argument("--segment-seconds", type=float, default=None, help="segment length of drift curves")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--segment-seconds", type=positive_float, default=None,
+                   help="segment length of drift curves (default: the evaluation's, 2 s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=cmd_compare)
     return p
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .cache import policy_names
-    from .generate_options import add_generate_arguments, settings_from_args
+    from .errors.parser import Parser
+    from .errors.paths import check_output_dir
+    from .generate_options import DEFAULT_PROMPT, add_generate_arguments, request_from_args
     from .run import generate
+    from .schedule import load_prompt_list, parse_inline
+    from .vocabulary import check_toy_prompt
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in policy_names()]
     if unknown or not policies:
         raise UserError(f"unknown policies {unknown}; choose from {', '.join(policy_names())}")
-    prompts = (read_prompts(args.prompts) if args.prompts else []) + list(args.prompt)
-    if not prompts:
-        from .generate_options import DEFAULT_PROMPT
-
-        prompts = [DEFAULT_PROMPT]
-    if args.seeds < 1:
-        raise UserError("--seeds must be >= 1")
+    try:
+        prompts = (load_prompt_list(args.prompts) if args.prompts else []) + list(args.prompt)
+        for prompt in prompts:
+            for seg in parse_inline(prompt).segments:
+                check_toy_prompt(seg.prompt)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    prompts = prompts or [DEFAULT_PROMPT]
+    check_output_dir(args.out, "--out")
     videos, labels, pair_ids = [], [], []
-    gen_parser = add_generate_arguments(argparse.ArgumentParser(prog="memrope compare", add_help=False))
-    for policy in policies:
-        for pi, prompt in enumerate(prompts):
-            for seed in range(args.seeds):
-                out = args.out / "videos" / policy / f"p{pi:02d}_s{seed}.mp4"
-                argv = ["--policy", policy, "--prompt", prompt, "--seed", str(seed), "--out", str(out),
-                        "--stats", str(out.with_suffix(".json")), "--no-progress"]
-                argv += ["--latent-frames", str(args.latent_frames)] if args.latent_frames else \
-                    ["--duration", str(args.duration)]
-                print(f"memrope compare: {policy} prompt {pi} seed {seed}", file=sys.stderr)
-                status = generate(settings_from_args(gen_parser.parse_args(argv)), progress=not args.no_progress)
-                if status:
-                    return status
-                videos.append(out)
-                labels.append(policy)
-                pair_ids.append(f"p{pi:02d}_s{seed}")
+    gen_parser = add_generate_arguments(Parser(prog="memrope compare", add_help=False))
+    jobs = [(policy, pi, prompt, seed) for policy in policies for pi, prompt in enumerate(prompts)
+            for seed in range(args.seeds)]
+    for k, (policy, pi, prompt, seed) in enumerate(jobs):
+        out = args.out / "videos" / policy / f"p{pi:02d}_s{seed}.mp4"
+        argv = ["--policy", policy, "--prompt", prompt, "--seed", str(seed), "--out", str(out),
+                "--stats", str(out.with_suffix(".json")), "--no-progress"]
+        argv += ["--latent-frames", str(args.latent_frames)] if args.latent_frames else \
+            ["--duration", str(args.duration)]
+        print(f"memrope compare: video {k + 1} of {len(jobs)}: {policy}, prompt {pi}, seed {seed}", file=sys.stderr)
+        status = generate(*request_from_args(gen_parser.parse_args(argv)), progress=not args.no_progress)
+        if status:
+            return status
+        videos.append(out)
+        labels.append(policy)
+        pair_ids.append(f"p{pi:02d}_s{seed}")
     from .eval.config import EvalConfig
     from .eval.evaluate import evaluate_videos
 
     config_kw: dict[str, Any] = {}
     if args.segment_seconds:
         config_kw["segment_seconds"] = args.segment_seconds
+    print(f"memrope compare: evaluating {len(videos)} videos", file=sys.stderr)
     evaluation = evaluate_videos(videos, args.out / "report", weights_dir=args.weights_dir, labels=labels,
                                  prompts=pair_ids, config=EvalConfig(**config_kw), progress=not args.no_progress)
     print(f"memrope compare: report in {args.out / 'report' / 'report.html'} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,14 @@ def load_schedule(path: str | Path) -> PromptSchedule:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt schedule file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"prompt schedule {path} cannot be read (no permission)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt schedule {path} is not a text file (UTF-8)") from None
+    except OSError as e:
+        raise ValueError(f"prompt schedule {path} cannot be read ({e.strerror})") from None
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         if path.suffix.lower() == ".json":
             try:
@@ -126,3 +134,42 @@ def schedule_from_data(data: object, source: str = "schedule") -> PromptSchedule
             raise ValueError(f"prompt schedule {source}: entry {i} 'cut' must be true or false")
         segments.append(PromptSegment(prompt, None if seconds is None else float(seconds), cut))
     return PromptSchedule(tuple(segments))
+
+
+def load_prompt_list(path: str | Path) -> list[str]:
+    """A list of prompts, one video each (``--prompts FILE`` of every command that takes one).
+
+    A ``.json`` or ``.yaml`` list of strings (or of ``{"prompt": ...}``), or text with one prompt per
+    line (blank lines and lines starting with ``#`` skipped). Each prompt may be an inline schedule
+    (``"a red disc[5s] | a blue ring"``): that video's own prompt changes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--prompts {path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"--prompts {path} cannot be read (no permission)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--prompts {path} is not a text file (UTF-8)") from None
+    except OSError as e:
+        raise ValueError(f"--prompts {path} cannot be read ({e.strerror})") from None
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        import yaml
+
+        try:
+            items = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ValueError(f"--prompts {path}: not valid {path.suffix[1:].upper()} ({e})".splitlines()[0]) from None
+        if not isinstance(items, list):
+            raise ValueError(f"--prompts {path}: expected a list of prompts")
+        prompts = [item.get("prompt") if isinstance(item, dict) else item for item in items]
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"--prompts {path}: every entry must be a non-empty prompt string (or {{prompt: ...}})")
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompt (one per line; # starts a comment)")
+    for prompt in prompts:
+        parse_inline(prompt)  # each one a valid prompt or inline schedule
+    return prompts

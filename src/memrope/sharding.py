@@ -5,6 +5,10 @@ together cover every item. Each item ``i`` has one output file (``output_name(i,
 and, once that file is complete, a done-marker next to it (``<output>.done``, JSON). An item
 whose output file and marker both exist is skipped, so a crashed or preempted job is resumed by
 running the same command again; an output without a marker (a crash mid-write) is regenerated.
+With ``identity`` (the hash of the settings that define item ``i``'s output, see
+``generate_options.settings_hash``) a marker counts only if it records the same hash: an output
+made with other settings is never taken for done. The output folder is created for the first item
+written, and removed again if that item fails before writing anything.
 
 Runs under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment; the process group uses the
 ``gloo`` backend unless told otherwise, so CPU-only nodes work) or as a single plain process.
@@ -46,8 +50,16 @@ def marker_path(output: Path) -> Path:
     return output.with_name(output.name + MARKER_SUFFIX)
 
 
-def is_done(output: Path) -> bool:
-    return output.is_file() and marker_path(output).is_file()
+def is_done(output: Path, identity: str | None = None) -> bool:
+    """``output`` and its marker exist (and, given ``identity``, the marker records that settings hash)."""
+    if not (output.is_file() and marker_path(output).is_file()):
+        return False
+    if identity is None:
+        return True
+    try:
+        return json.loads(marker_path(output).read_text()).get("settings_hash") == identity
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def write_marker(output: Path, record: dict[str, Any]) -> None:
@@ -56,21 +68,6 @@ def write_marker(output: Path, record: dict[str, Any]) -> None:
     tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, marker)
-
-
-def read_prompts(path: Path) -> list[str]:
-    """A ``.json`` list of strings (or of ``{"prompt": ...}``), or text with one prompt per line
-    (blank lines and lines starting with ``#`` are skipped)."""
-    text = Path(path).read_text()
-    if Path(path).suffix.lower() == ".json":
-        items = json.loads(text)
-        if not isinstance(items, list):
-            raise ValueError(f"{path}: expected a JSON list of prompts")
-        prompts = [item["prompt"] if isinstance(item, dict) else item for item in items]
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{path}: every prompt must be a string")
-        return prompts
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 @dataclass
@@ -105,6 +102,8 @@ def run_sharded(
     world: int | None = None,
     output_name: Callable[[int, str], str] = default_output_name,
     backend: str = "gloo",
+    identity: Callable[[int, str], str] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> ShardReport:
     """Generate this rank's share of ``prompts`` into ``out_dir``; skip prompts already done.
 
@@ -117,22 +116,30 @@ def run_sharded(
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     created = init_process_group(backend) if world > 1 else False
     report = ShardReport(rank=rank, world=world, assigned=shard(len(prompts), rank, world))
     start = time.perf_counter()
     try:
         for i in report.assigned:
             path = out / output_name(i, prompts[i])
-            if is_done(path):
+            key = identity(i, prompts[i]) if identity is not None else None
+            if is_done(path, key):
                 report.skipped.append(i)
                 continue
             t0 = time.perf_counter()
-            generate_one(i, prompts[i], path)
+            made = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                generate_one(i, prompts[i], path)
+            except BaseException:
+                if made and not any(out.iterdir()):  # a failed first item leaves no empty folder behind
+                    out.rmdir()
+                raise
             if not path.is_file():
                 raise RuntimeError(f"generate_one did not write {path} for prompt {i}")
-            write_marker(path, {"index": i, "prompt": prompts[i], "rank": rank, "world": world,
-                                "seconds": round(time.perf_counter() - t0, 3), "host": socket.gethostname()})
+            record = {"index": i, "prompt": prompts[i], "rank": rank, "world": world,
+                      "seconds": round(time.perf_counter() - t0, 3), "host": socket.gethostname()}
+            write_marker(path, record if key is None else {**record, "settings_hash": key})
             report.generated.append(i)
         report.seconds = time.perf_counter() - start
         records = [asdict(report)]
@@ -141,21 +148,25 @@ def run_sharded(
             dist.all_gather_object(gathered, records[0])
             records = gathered
         if rank == 0:
-            write_manifest(out, prompts, records, output_name)
+            write_manifest(out, prompts, records, output_name, identity, manifest_extra)
     finally:
         if created:  # all_gather_object above is the closing rendezvous; no barrier after a failure
             dist.destroy_process_group()
     return report
 
 
-def write_manifest(out: Path, prompts: Sequence[str], records: list[dict], output_name) -> dict:
-    done = [i for i in range(len(prompts)) if is_done(out / output_name(i, prompts[i]))]
+def write_manifest(out: Path, prompts: Sequence[str], records: list[dict], output_name, identity=None,
+                   extra: dict[str, Any] | None = None) -> dict:
+    done = [i for i in range(len(prompts)) if is_done(out / output_name(i, prompts[i]),
+                                                      identity(i, prompts[i]) if identity else None)]
     manifest = {
+        **(extra or {}),
         "prompts": len(prompts),
         "done": len(done),
         "missing": [i for i in range(len(prompts)) if i not in set(done)],
         "ranks": sorted(records, key=lambda r: r["rank"]),
         "outputs": {i: output_name(i, prompts[i]) for i in range(len(prompts))},
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -117,6 +117,8 @@ def analyze_video(
     last_time = -1.0
 
     expected = info.frame_count or None
+    if not expected and info.duration_s:  # fragmented MP4s and Matroska declare a duration, no frame count
+        expected = round(info.duration_s * info.fps)
     if expected and config.max_seconds is not None:
         expected = min(expected, int(math.ceil(config.max_seconds * info.fps)))
     bar = tqdm(total=expected, unit="frame", desc=label or Path(path).name, disable=not progress)

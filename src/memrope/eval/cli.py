@@ -1,7 +1,8 @@
 """`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--segment-seconds S]`.
 
 add_eval_parser(subparsers) registers the subcommand on memrope's top-level argparse parser; the
-handler evaluates the videos and writes the report.
+handler checks every argument (each video readable, the output folder writable, one label and one
+prompt id per video) before anything is written, then evaluates the videos and writes the report.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from memrope.errors import UserError, guarded
+from memrope.errors.parser import Parser, non_negative_float, positive_float, positive_int
 from memrope.eval.config import VBENCH_LONG_CLIP_SECONDS, EvalConfig
 
 
@@ -20,8 +23,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         description="Evaluate one or more videos (per segment and whole) and write metrics.json, CSV, "
         "plots and report.html. Network metrics run only from --weights-dir; nothing is downloaded.",
     )
-    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="video files (.mp4, .mkv, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument(
         "--weights-dir",
         type=Path,
@@ -30,22 +33,22 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--segment-seconds",
-        type=float,
+        type=positive_float,
         default=VBENCH_LONG_CLIP_SECONDS,
-        help="segment length for drift curves (default: VBench-Long's 2 s clips)",
+        help="segment length for drift curves (VBench-Long's clips)",
     )
-    p.add_argument(
-        "--labels", default=None, help="comma-separated method label per video (default: file names)"
-    )
-    p.add_argument("--prompts", default=None, help="comma-separated prompt id per video, to pair methods")
+    p.add_argument("--labels", default=None, help="comma-separated method label per video (default: file names)")
+    p.add_argument("--prompt-ids", default=None, metavar="IDS",
+                   help="comma-separated prompt id per video, to pair methods (default: one pair per video)")
     p.add_argument(
         "--feature-fps",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="frames per second fed to DINO/CLIP (default 2; 0 = every frame, VBench-exact)",
     )
-    p.add_argument("--seam-period", type=int, default=None, help="known chunk length in frames")
-    p.add_argument("--max-seconds", type=float, default=None, help="evaluate only the first S seconds")
+    p.add_argument("--seam-period", type=positive_int, default=None, metavar="FRAMES",
+                   help="known chunk length in frames (default: found from the video)")
+    p.add_argument("--max-seconds", type=positive_float, default=None, help="evaluate only the first S seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
     return p
@@ -56,13 +59,27 @@ def _split(value: str | None, n: int, what: str) -> list[str] | None:
         return None
     items = [s.strip() for s in value.split(",")]
     if len(items) != n:
-        raise SystemExit(f"--{what}: got {len(items)} values for {n} videos")
+        raise UserError(f"--{what}: got {len(items)} values for {n} videos; give one per video, comma-separated")
     return items
+
+
+def check_video(path: Path) -> None:
+    """A readable video file, or a one-line ``UserError`` saying what it is instead."""
+    import av
+
+    from memrope.errors.paths import check_input_file
+    from memrope.eval.reader import probe_video
+
+    check_input_file(path, "video")
+    try:
+        probe_video(path)
+    except (ValueError, av.error.FFmpegError) as e:
+        raise UserError(f"{path} is not a readable video ({str(e).splitlines()[0]})") from None
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Handler for `memrope eval`."""
-    from memrope.eval.evaluate import evaluate_videos
+    from memrope.errors.paths import check_output_dir
 
     overrides = {}
     if args.feature_fps is not None:
@@ -75,14 +92,21 @@ def run_eval(args: argparse.Namespace) -> int:
             **overrides,
         )
     except ValueError as e:
-        raise SystemExit(f"memrope eval: {e}") from e
+        raise UserError(str(e)) from None
     n = len(args.videos)
+    labels = _split(args.labels, n, "labels")
+    prompt_ids = _split(args.prompt_ids, n, "prompt-ids")
+    for video in args.videos:
+        check_video(video)
+    check_output_dir(args.out, "--out")
+    from memrope.eval.evaluate import evaluate_videos
+
     ev = evaluate_videos(
         args.videos,
         args.out,
         weights_dir=args.weights_dir,
-        labels=_split(args.labels, n, "labels"),
-        prompts=_split(args.prompts, n, "prompts"),
+        labels=labels,
+        prompts=prompt_ids,
         config=config,
         progress=not args.no_progress,
     )
@@ -98,11 +122,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (python -m memrope.eval.cli) until memrope.cli wires the subcommand."""
-    parser = argparse.ArgumentParser(prog="memrope")
+    """Stand-alone entry point (python -m memrope.eval.cli)."""
+    parser = Parser(prog="memrope")
     add_eval_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ def _yes_no(text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m memrope.world.train", description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="a few steps on tiny batches (seconds)")
+    p.add_argument("--smoke", action="store_true", help="a few steps on tiny batches (seconds); needs --out, "
+                   "so that it never overwrites the shipped weights")
     p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file (default: the shipped one)")
     p.add_argument("--ckpt-dir", type=Path, default=Path("toy_train_ckpt"))
     p.add_argument("--resume", action="store_true")

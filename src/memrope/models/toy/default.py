@@ -66,6 +66,6 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
         text_encoder=world_text_encoder(meta.get("text_encoder", ""), cfg.text_len, cfg.text_dim),
         decoder=WorldDecoder(autoencoder, pixels),
         latent_hw=DEFAULT_LATENT_HW,
-        name=f"{DEFAULT_CONFIG} world model (trained, {steps}, seed {meta.get('seed', '?')})",
+        name=f"{DEFAULT_CONFIG} world model (trained, {steps}, training seed {meta.get('seed', '?')})",
         threads=1,
     )
