@@ -111,8 +111,9 @@ def test_run_bench_reports_every_quantity():
     for name in policies:
         r = report["results"][name]
         assert len(r["chunk_ms"]) == 7 and r["steady_chunks"] == 2
-        assert r["steady_p90_ms"] >= r["steady_median_ms"] > 0
-        assert r["fps"] == pytest.approx(12 / (r["steady_median_ms"] / 1e3))
+        assert r["denoise_p90_ms"] >= r["denoise_median_ms"] > 0
+        assert r["fps_denoise"] == pytest.approx(12 / (r["denoise_median_ms"] / 1e3))  # the Wan VAE's 12 frames
+        assert r["fps_end_to_end"] is None and r["decode_median_ms"] is None  # no decoder: no end to end
         assert r["achieved_tflops"] > 0 and r["fraction_of_matmul_peak"] > 0
         assert r["rss_peak_bytes_process"] > 0
         assert r["context_frames"] == 12
@@ -123,7 +124,34 @@ def test_run_bench_reports_every_quantity():
 def test_run_bench_sequential_with_decoder():
     report = run_bench(["memrope"], "tiny", HW, chunks=3, warmup=1, device="cpu", decoder="toy",
                        order="sequential", matmul_n=64, matmul_seconds=0.01)
-    assert report["results"]["memrope"]["steady_chunks"] == 2
+    r = report["results"]["memrope"]
+    assert r["steady_chunks"] == 2 and r["video_frames_per_chunk"] == 12
+    # end to end = denoising + decoding, chunk by chunk; the two FPS are reported apart
+    assert r["end_to_end_median_ms"] > r["denoise_median_ms"] > 0 and r["decode_median_ms"] > 0
+    assert r["fps_end_to_end"] == pytest.approx(12 / (r["end_to_end_median_ms"] / 1e3))
+    assert r["fps_end_to_end"] < r["fps_denoise"]
+
+
+def test_overlapped_decode_is_timed_between_yielded_chunks():
+    report = run_bench(["memrope"], "tiny", HW, chunks=4, warmup=1, device="cpu", decoder="toy",
+                       overlap_decode=True, matmul_n=64, matmul_seconds=0.01)
+    assert report["settings"]["order"] == "sequential" and report["settings"]["overlap_decode"]
+    r = report["results"]["memrope"]
+    assert r["steady_chunks"] == 3 and r["fps_end_to_end"] > 0
+    with pytest.raises(ValueError, match="--overlap-decode needs a decoder"):
+        run_bench(["memrope"], "tiny", HW, chunks=3, warmup=1, device="cpu", overlap_decode=True)
+
+
+def test_every_table_names_hardware_resolution_steps_decoder_and_warmup():
+    from memrope.bench import format_table
+
+    report = run_bench(["memrope"], "tiny", HW, chunks=3, warmup=2, device="cpu", decoder="toy",
+                       matmul_n=64, matmul_seconds=0.01)
+    head = format_table(report).splitlines()[:3]
+    assert head[0].startswith("hardware: ") and "torch 2." in head[0]
+    assert "latent 4x4 (= 32x32 pixels through an 8x decoder); 4 denoising steps + 1 commit pass" in head[1]
+    assert head[1].endswith("decoder: toy (after the passes)")
+    assert head[2].startswith("3 chunks per policy, the first 2 excluded as warm-up (cache fill)")
 
 
 def test_run_bench_rejects_bad_input():
@@ -150,5 +178,27 @@ def test_run_bench_on_gpu():
                        warmup=5, device="cuda", matmul_n=2048, matmul_seconds=0.05)
     for r in report["results"].values():
         assert r["cuda_max_allocated_bytes"] > 0
-        assert r["steady_median_ms"] > 0
+        assert r["denoise_median_ms"] > 0
     assert report["settings"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+def test_run_bench_steady_state_options_on_gpu():
+    report = run_bench(["memrope"], "toy", (8, 8), chunks=9, warmup=6, device="cuda", matmul_n=1024,
+                       matmul_seconds=0.05, cuda_graphs=True, compile=True)
+    r = report["results"]["memrope"]
+    assert r["steady_state"]["cuda_graphs"]["replayed"] > 0 and r["steady_state"]["kernels"].startswith("compiled")
+
+
+def test_interleaving_is_balanced():
+    from collections import Counter
+
+    from memrope.bench import round_order
+
+    policies = ["a", "b", "c"]
+    sequence = [name for k in range(60) for name in round_order(policies, k)]
+    assert all(sorted(round_order(policies, k)) == policies for k in range(12))
+    firsts = Counter(round_order(policies, k)[0] for k in range(60))
+    assert set(firsts.values()) == {20}
+    follows = Counter((a, b) for a, b in zip(sequence, sequence[1:]) if a != b)
+    assert len(follows) == 6 and max(follows.values()) - min(follows.values()) <= 2  # every ordered pair

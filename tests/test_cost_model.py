@@ -111,7 +111,7 @@ def test_compare_reports_fractions():
     report = compare([make_policy("sliding_window"), make_policy("memrope")], shape)
     json.dumps(report)
     mem = report["policies"]["memrope"]
-    assert mem["storage"] == "ring" and report["policies"]["sliding_window"]["storage"] == "slot order"
+    assert mem["storage"] == "ring" and report["policies"]["sliding_window"]["storage"] == "ring"
     assert 0 < mem["cache_bytes_fraction"] < 0.01  # issue 7: below 1% of the transformer's traffic
     assert report["policies"]["sliding_window"]["extra_bytes_vs_sliding_window"] == 0
     assert "memrope" in format_table(report)
@@ -124,3 +124,25 @@ def test_reference_style_work():
     assert ref["host_syncs"] == 6 * 5 * 30
     assert ref["bytes"]["clone_k_raw_v"] == 5 * 30 * 2 * 2 * 12 * shape.frame_bytes()
     assert ref["total_bytes"] > 10 * report["cache"]["total_bytes"]
+
+
+def test_every_bounded_policy_on_the_ring_works_below_one_percent():
+    """Issue 19: the window policies on the ring too. Absolute positions never change, so the sliding
+    window and the attention sink do no cache work at all; infinity_rope shifts the frames it keeps;
+    deep_forcing's token selection still needs slot order (its compaction hooks read that layout)."""
+    from memrope.cache.ring import ring_supported
+
+    shape = shape_for("wan-1.3b", (60, 104))
+    names = ["sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing"]
+    rows = compare([make_policy(n) for n in names], shape)["policies"]
+    for name in names:
+        on_ring = ring_supported(make_policy(name), 3)
+        assert rows[name]["storage"] == ("ring" if on_ring else "slot order")
+        if on_ring:
+            assert rows[name]["cache_bytes_fraction"] < 0.01, name
+    assert not ring_supported(make_policy("deep_forcing"), 3)
+    for name in ("sliding_window", "attention_sink"):
+        assert rows[name]["cache"]["total_bytes"] == 0
+    # infinity_rope: the two frames kept after the sink slide 3 positions back each chunk (window 6, chunk 3)
+    fb, layers = shape.frame_bytes(), shape.config.num_layers
+    assert rows["infinity_rope"]["cache"]["bytes"]["shift_temporal"] == 2 * 2 * fb * 44 / 128 * layers

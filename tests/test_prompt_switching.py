@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memrope.cache import make_policy
+from memrope.cache import KVCache, make_policy
 from memrope.generate import GenerationConfig, StreamingGenerator
 
 from .conftest import TINY_LATENT_HW
@@ -54,13 +54,20 @@ def test_text_and_cache_response_change_at_exactly_the_scheduled_chunks(tiny_mod
         assert len({r.stats["cache_bytes"] for r in results}) == 1  # no cache grows
 
 
+def slot_order(gen: StreamingGenerator) -> StreamingGenerator:
+    """The generator on slot-order storage, whose layout the test below reads (attention_sink runs on the
+    ring by default; tests/cache/test_window_ring.py holds the ring equal to slot order through switches)."""
+    gen.cache = KVCache(gen.cache.policy, gen.cache.geometry, gen.cache.rope)
+    return gen
+
+
 def test_recache_rebuilds_kv_from_the_new_prompt(tiny_model):
     """After a recache, the cached K/V equal one t=0 pass of the re-encoded frames' latents under the
     new prompt over a cache that holds only the sink (same positions): the sink alone keeps the old
     prompt, and the re-encoded frames attend each other (one pass, LongLive's recache)."""
     t = texts(tiny_model, 2)
     config = GenerationConfig(latent_hw=TINY_LATENT_HW)
-    gen = StreamingGenerator(tiny_model, make_policy("attention_sink"), t[0], config)
+    gen = slot_order(StreamingGenerator(tiny_model, make_policy("attention_sink"), t[0], config))
     for _ in range(6):
         gen.next_chunk()
     sw = gen.switch_prompt(t[1])
@@ -69,7 +76,7 @@ def test_recache_rebuilds_kv_from_the_new_prompt(tiny_model):
     assert frames == [0, 1, 2] + list(range(9, 18))
     # Recompute the recached frames independently: a fresh cache that holds the same sink K/V,
     # replaying the same latents under the new prompt, must match bit for bit.
-    ref = StreamingGenerator(tiny_model, make_policy("attention_sink"), t[1], config)
+    ref = slot_order(StreamingGenerator(tiny_model, make_policy("attention_sink"), t[1], config))
     ref.cache.slots = gen.cache.slots[:3]
     for layer_ref, layer in zip(ref.cache.layers, gen.cache.layers):
         layer_ref.k[:, :12] = layer.k[:, :12]

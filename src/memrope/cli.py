@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError, guarded
 from .errors.parser import Parser
-from .generate_options import add_generate_arguments
+from .generate_options import add_generate_arguments, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate a video chunk by chunk (in constant memory for bounded policies).",
                          epilog=" ".join(doc[1].split()))
     add_generate_arguments(gen)
+    memory = gen.add_argument_group("memory plan (memrope plan)")
+    memory.add_argument("--dry-run", action="store_true", default=None,
+                        help="print the memory plan and stop (nothing is loaded)")
+    memory.add_argument("--no-memory-plan", action="store_true", default=None,
+                        help="start without checking that the memory plan fits the device")
+    plan = sub.add_parser("plan", help="memory per component (weights, KV cache, text, decoder, activations) of a "
+                          "generate run, computed on the meta device; takes generate's options (devices need not "
+                          "exist here; --model without --wan-dir plans the released Wan2.1-1.3B sizes)")
+    add_generate_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    for p in (memory, plan):
+        p.add_argument("--memory-budget", type=_size, metavar="SIZE",
+                       help="plan against this much memory per device (e.g. 24GiB) instead of what is free now")
 
     sub.add_parser("policies", help="list cache policies and presets with their papers and defaults")
     sub.add_parser("vocabulary", help="the words the embedded toy model knows (its prompts may use only these)")
@@ -60,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_parser(sub)
+    from .eval.weights_check import add_weights_parser
+
+    add_weights_parser(sub)
     return parser
 
 
@@ -69,12 +85,61 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.resume is not None:
+        if args.dry_run:
+            raise UserError("--dry-run plans a new run; a resumed run keeps the memory it was started with")
         opened = open_run(args.resume)
         settings, length = resume_request(args, opened.manifest.settings)
         outputs = resume_outputs(args.resume, settings, args.out, args.stats)
         return generate(settings, outputs, resume=opened, length=length, progress=progress)
+    if args.dry_run:
+        from .memory_plan import format_plan, plan_settings  # nothing is loaded or written
+
+        settings = settings_from_args(args)
+        print(format_plan(plan_settings(settings), settings["overlap_decode"], args.memory_budget))
+        return 0
     settings, outputs = request_from_args(args)
+    if not args.no_memory_plan and needs_plan(settings, args.memory_budget):
+        from .memory_plan import check_fits, plan_settings  # before anything is loaded or written
+
+        check_fits(plan_settings(settings), settings["overlap_decode"], args.memory_budget)
     return generate(settings, outputs, progress=progress)
+
+
+def needs_plan(settings: dict, budget: int | None) -> bool:
+    """The gate runs where a plan can fail: a real model, a CUDA device, or a given budget. The embedded
+    model on the CPU needs ~13 MB in all, and planning costs seconds (torch's dispatch machinery loads)."""
+    model = settings["model"]
+    on_cuda = any(str(d).startswith("cuda") for d in (model["device"], model.get("split_blocks") or "",
+                                                      model.get("decode_device") or ""))
+    return budget is not None or model["model"] is not None or on_cuda or (
+        model["device"] == "auto" and _cuda_available())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .memory_plan import format_plan, plan_settings
+
+    settings = settings_from_args(args)  # a plan writes nothing: no --out needed
+    plan = plan_settings(settings, what_if=True)
+    if args.json:
+        print(json.dumps({"plan": plan.description, "devices": plan.devices, "peaks": plan.peaks,
+                          "notes": plan.notes}, indent=1))
+    else:
+        print(format_plan(plan, settings["overlap_decode"], args.memory_budget))
+    return 0
+
+
+def _size(value: str) -> int:
+    from .memory_plan import parse_size
+
+    return parse_size(value)
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -134,7 +199,7 @@ def cmd_encode_prompts(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "policies": cmd_policies, "vocabulary": cmd_vocabulary,
-            "encode-prompts": cmd_encode_prompts}
+            "encode-prompts": cmd_encode_prompts, "plan": cmd_plan}
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

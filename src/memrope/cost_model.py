@@ -170,29 +170,42 @@ def steady_plan(policy: CachePolicy, chunk_frames: int = 3, max_chunks: int = 64
     Steady state: the first chunk whose plan has the same past length, moves and evictions as the
     chunk before it. Unbounded policies never settle; for them the plan at ``max_chunks`` is returned.
     """
+    return steady_plans(policy, chunk_frames, max_chunks)[1]
+
+
+def steady_plans(policy: CachePolicy, chunk_frames: int = 3, max_chunks: int = 64) -> tuple[ChunkPlan, ChunkPlan]:
+    """(the chunk before, the steady chunk) of :func:`steady_plan`: the first tells where each slot of
+    the second's past was seen before (what a ring buffer must shift)."""
     slots: tuple = ()
     clock = Clock()
     prev_sig = None
-    plan = None
+    previous = plan = None
     for _ in range(max_chunks):
-        plan = policy.plan(slots, clock, chunk_frames)
+        previous, plan = plan, policy.plan(slots, clock, chunk_frames)
         sig = (plan.n_past, plan.sources, plan.evicted, plan.dropped, tuple(s.kind for s in plan.past))
         if sig == prev_sig:
-            return plan
+            return previous, plan
         prev_sig = sig
         slots, clock = after_chunk(plan, clock)
-    return plan
+    return previous, plan
 
 
 def moved_slots(plan: ChunkPlan) -> int:
     return sum(1 for dst, src in enumerate(plan.sources) if src is not None and src != dst)
 
 
-def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+def runs_on_ring(policy: CachePolicy, chunk_frames: int = 3) -> bool:
+    from .cache.ring import ring_supported
+
+    return ring_supported(policy, chunk_frames)
+
+
+def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: ChunkPlan | None = None) -> Cost:
     """Once-per-chunk cache maintenance of ``plan`` as the cache the policy runs on performs it
-    (``cache.ring.make_cache``: the ring buffer where the policy supports it, else slot order)."""
-    if policy.ring_storage:
-        return ring_work(policy, plan, shape)
+    (``cache.ring.make_cache``: the ring buffer where the policy supports it, else slot order);
+    ``previous``: the chunk before (the positions the ring's frames were last seen at)."""
+    if runs_on_ring(policy, shape.chunk_frames):
+        return ring_work(policy, plan, shape, previous)
     return slot_order_work(policy, plan, shape)
 
 
@@ -229,31 +242,34 @@ def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
     return Cost(flops, bytes_)
 
 
-def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: ChunkPlan | None = None) -> Cost:
     """Cache work of ``ring.RingKVCache``:
 
     - nothing moves (physical slots), no unrotated keys are kept;
-    - past frames whose position changed (the slots that moved in the logical plan) have their
-      temporal channel pairs rotated by the difference: read and written, a ``t / head_dim`` share
-      of a frame's keys;
+    - past frames whose position changed since the chunk before have their temporal channel pairs
+      rotated by the difference: read and written, a ``t / head_dim`` share of a frame's keys (with
+      absolute positions, as for the sliding window and the attention sink, no frame ever changes;
+      without ``previous``, every slot that moved in the logical plan counts as changed);
     - memory tokens written rotated (k) and as values (v) into their slots; the EMA reads the
       evicted frames' per-frame means (one fp32 vector per head and frame, for k and v), which the
-      commit pass writes for the chunk's frames (memory slots keep none: they are never folded).
+      commit pass writes for the chunk's frames (only policies that fold evicted frames keep them).
     """
     from .rope import axis_split
 
     cfg, fb = shape.config, shape.frame_bytes()
     layers = cfg.num_layers
     t_frac = axis_split(cfg.head_dim)[0] / cfg.head_dim
-    shifted = sum(1 for dst, src in enumerate(plan.sources) if src is not None and src != dst
-                  and plan.past[dst].kind == FRAME)
+    seen_at = None if previous is None else previous.past_pos + previous.query_pos  # the previous table's
+    shifted = sum(1 for dst, src in enumerate(plan.sources) if src is not None and plan.past[dst].kind == FRAME
+                  and (src != dst if seen_at is None else plan.past_pos[dst] != seen_at[src]))
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME)
     folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
     mean_bytes = shape.batch * cfg.dim * 4  # one fp32 vector per head, all heads
+    means = bool(folded)  # only policies that fold evicted frames keep per-frame means (RingKVCache.keeps_means)
     bytes_ = {
         "shift_temporal": float(2 * shifted * fb * t_frac * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
-        "means": float(2 * (len(folded) + shape.chunk_frames) * mean_bytes * layers),
+        "means": float(2 * (len(folded) + shape.chunk_frames) * mean_bytes * layers) if means else 0.0,
     }
     ft_d = shape.batch * shape.frame_tokens * cfg.dim
     flops = {
@@ -301,17 +317,18 @@ def reference_style_work(plan: ChunkPlan, shape: Shape, capacity_frames: int,
 # --------------------------------------------------------------------------- a chunk
 def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHUNK) -> dict:
     """Steady-state FLOPs and bytes per chunk of ``policy`` at ``shape``: transformer and cache work."""
-    plan = steady_plan(policy, shape.chunk_frames)
+    previous, plan = steady_plans(policy, shape.chunk_frames)
     context = plan.n_past + plan.n_frames
     reads = pass_cost(shape, context).scaled(passes - 1)
     commit = pass_cost(shape, context, commit=True, stores_raw_keys=False)
     transformer = reads.plus(commit)
-    cache = cache_work(policy, plan, shape)
+    cache = cache_work(policy, plan, shape, previous)
+    ring = runs_on_ring(policy, shape.chunk_frames)
     return {
         "policy": policy.name,
-        "storage": "ring" if policy.ring_storage else "slot order",
+        "storage": "ring" if ring else "slot order",
         "context_frames": context,
-        "moved_slots": 0 if policy.ring_storage else moved_slots(plan),
+        "moved_slots": 0 if ring else moved_slots(plan),
         "evicted": len(plan.evicted),
         "transformer": transformer.to_dict(),
         "cache": cache.to_dict(),

@@ -24,7 +24,9 @@ import torch
 from .cache import CachePolicy, make_cache
 from .cache.plan import CacheGeometry
 from .models.attention import AttentionShape, choose
+from .models.graphs import PassGraphs
 from .models.wan import Conditioning, TextContext, WanModel
+from .models.wan_fused import EAGER, compiled_kernels
 from .noise import ReferenceNoise
 from .sampling import (
     SamplerConfig,
@@ -99,13 +101,15 @@ class StreamingGenerator:
     """Generates a video chunk by chunk in constant memory (for bounded cache policies)."""
 
     def __init__(self, model: WanModel, policy: CachePolicy, text: TextContext, config: GenerationConfig,
-                 decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default"):
+                 decoder: LatentDecoder | None = None, fused: bool = True, attention: str = "default",
+                 compile: bool | str = False, cuda_graphs: bool = False, graph_backend: Any = None,
+                 fp8: str | None = None):
         self.model = model
         self.config = config
         self.text = text
         self.decoder = decoder
         geometry = model.cache_geometry(config.batch, config.latent_hw, config.chunk_frames)
-        self.cache = make_cache(policy, geometry, model.rope)
+        self.cache = make_cache(policy, geometry, model.rope, stages=model.stages())  # per device if split
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self._reference: ReferenceNoise | None = None  # the reference's noise stream (noise="reference")
@@ -124,8 +128,26 @@ class StreamingGenerator:
         # hooked / wrapped modules) runs the module path, e.g. to measure what the fused path saves.
         with torch.no_grad():
             self._fused = model.fused_params() if fused else None
+            if fp8 is not None:  # float8 matmul weights (models/fp8.py); the fused path only
+                if self._fused is None:
+                    raise ValueError("--fp8 runs on the fused inference path; the module path was requested")
+                from .models.fp8 import quantize_fused
+
+                self._fused = quantize_fused(self._fused, fp8, self.device)
         # The SDPA kernel the passes prefer (models/attention.py); "auto" times the stream's own shapes.
         self.attention = choose(attention, attention_shapes(model, policy, geometry, config), self.device, self.dtype)
+        # The steady state (a full bounded cache: static shapes): compiled kernels (``compile``: True or a
+        # torch.compile mode) and whole passes replayed as CUDA graphs; both on the fused path only.
+        fusing = self._fused is not None
+        self.kernels = compiled_kernels(None if compile is True else compile) if compile and fusing else EAGER
+        # ``graph_backend``: what captures the passes (None: CUDA graphs on a CUDA device; tests pass one).
+        if len(self.cache.parts()) > 1 and (cuda_graphs or graph_backend is not None):
+            self.graphs = PassGraphs(None, "passes over split blocks cross devices and are not captured")
+        elif graph_backend is not None and fusing:
+            self.graphs = PassGraphs(graph_backend)
+        else:
+            self.graphs = PassGraphs.for_device(self.device, cuda_graphs and fusing)
+        self.cache.static_writes = self.graphs.backend is not None
         if decoder is not None:
             decoder.reset()
 
@@ -182,6 +204,20 @@ class StreamingGenerator:
         draws = [torch.randn(shape, generator=gen) for _ in self.timesteps]
         return [d.to(device=self.device, dtype=self.dtype) for d in draws]
 
+    def _pass(self, x: torch.Tensor, t: float, commit: bool) -> torch.Tensor:
+        """One transformer pass of a generated chunk: eager while the cache fills; in the steady state
+        with the compiled kernels and, where captured, replayed as a CUDA graph (``models/graphs.py``)."""
+        cond, cache = self.conditioning(t), self.cache
+        kernels = self.kernels if self.kernels is not EAGER and cache.full() else EAGER
+        if self.graphs.backend is None:  # graphs off: the plain pass
+            return self.model(x, cond, self.text, cache, commit=commit, fused=self._fused, kernels=kernels)
+
+        def run(xs: torch.Tensor) -> torch.Tensor:
+            return self.model(xs, cond, self.text, cache, commit=commit, fused=self._fused, kernels=kernels)
+
+        layout = cache.pass_signature()
+        key = None if layout is None else (float(t), commit, layout)
+        return self.graphs.run(key, x, cache, commit, self.text, run)
     def _step(self, step: int, x: torch.Tensor, v: torch.Tensor,
               noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """x0 from the velocity at pass ``step``, and the next pass's input (x0 re-noised; x0 after the last)."""
@@ -202,16 +238,15 @@ class StreamingGenerator:
     def _denoise(self) -> ChunkResult:
         """4 read passes and the commit pass of the next chunk; frames not decoded yet."""
         cfg, cache = self.config, self.cache
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()  # wall time; this thread's CPU time
         plan = cache.begin_chunk(cfg.chunk_frames)
         noise = self.chunk_noise(plan.chunk_index)
         x = noise[0]
         with self.attention.preferred():
             for step, t in enumerate(self.timesteps):
-                v = self.model(x, self.conditioning(t), self.text, cache, commit=False, fused=self._fused)
+                v = self._pass(x, t, commit=False)
                 x0, x = self._step(step, x, v, noise)
-            self.model(x0, self.conditioning(cfg.sampler.context_t), self.text, cache, commit=True,
-                       fused=self._fused)
+            self._pass(x0, cfg.sampler.context_t, commit=True)
         cache.end_chunk()
         self._remember(plan.first_frame, x0)
         if self.device.type == "cuda":
@@ -222,6 +257,7 @@ class StreamingGenerator:
             "latent_frames": plan.n_frames,
             "video_frames": None,
             "ms": round((time.perf_counter() - start) * 1e3, 3),
+            "cpu_ms": round((time.thread_time() - cpu_start) * 1e3, 3),
             "cache_bytes": cache.nbytes(),
             "cache_frames": plan.n_past + plan.n_frames,
             "max_frame_pos": plan.max_frame_pos,

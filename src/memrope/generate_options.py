@@ -31,6 +31,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 NOISE_CHOICES = ("chunk", "reference")  # generate.NOISE_MODES
 PIXEL_CHOICES = ("truncate", "round")  # models.pixels.PIXEL_MODES
 LORA_MODE_CHOICES = ("merged", "unmerged")  # models.lora_linear.LORA_MODES
+FP8_CHOICES = ("dynamic", "weight")  # models.fp8
+DECODER_CHOICES = ("vae", "taehv")
 
 DEFAULT_PROMPT = "a red disc and a blue square bounce on a navy gradient"  # in the toy world's vocabulary
 DEFAULT_CRF = 18  # x264 quality: visually lossless-ish
@@ -39,7 +41,7 @@ REAL_MODEL_HW = (480, 832)  # Wan2.1-T2V-1.3B's trained 832x480
 DEFAULTS: dict[str, Any] = {
     "policy": "memrope", "seed": 0, "prompt": DEFAULT_PROMPT, "chunk_frames": 3, "fps": 16, "crf": DEFAULT_CRF,
     "attention": "default", "height": REAL_MODEL_HW[0], "width": REAL_MODEL_HW[1], "device": "auto",
-    "dtype": "auto", "noise": "chunk", "pixels": "truncate", "lora_mode": "merged",
+    "dtype": "auto", "noise": "chunk", "pixels": "truncate", "lora_mode": "merged", "decoder": "vae",
 }
 MODEL_ONLY = {"checkpoint": "--checkpoint", "wan_dir": "--wan-dir", "lora": "--lora", "lora_rank": "--lora-rank",
               "lora_alpha": "--lora-alpha", "lora_mode": "--lora-mode", "use_ema": "--no-ema", "height": "--height",
@@ -120,6 +122,16 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="SDPA kernel the transformer prefers: default (PyTorch's rules), auto (the fastest "
                           "of those that serve this stream's shapes, timed at the start), or one by name"
                      + _d("attention"))
+    fast = gen.add_argument_group("steady state (see README, Performance)")
+    fast.add_argument("--compile", action="store_true", default=None,
+                      help="torch.compile the fused path's block pieces, used once the cache is full (compiles "
+                           "during the first steady chunk)")
+    fast.add_argument("--cuda-graphs", action="store_true", default=None,
+                      help="replay each pass of a chunk as a CUDA graph once the cache is full (eager where "
+                           "capture is not possible)")
+    fast.add_argument("--fp8", choices=FP8_CHOICES,
+                      help="float8 matmul weights through torchao: dynamic (weights and activations, needs compute "
+                           "capability >= 8.9) or weight (weights only) (default: off)")
     gen.add_argument("--no-overlap-decode", dest="overlap_decode", action="store_false", default=None,
                      help="decode each chunk before generating the next (default: decode chunk k on a worker "
                      "thread while the transformer runs chunk k+1; same output)")
@@ -148,6 +160,16 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "their own GPU, working at the same time (default: the model's device)")
     model.add_argument("--prompt-cache", type=Path, metavar="DIR",
                        help="folder of cached prompt embeddings (default: inside --wan-dir)")
+    model.add_argument("--split-blocks", metavar="DEV,DEV",
+                       help="the transformer's blocks over two devices, e.g. cuda:0,cuda:1 (two 24 GB cards): "
+                            "first half and embeddings on the first, second half and head on the second (and "
+                            "the decoder, unless --decode-device)")
+    model.add_argument("--decoder", choices=DECODER_CHOICES,
+                       help="video decoder: vae (the model's own: the Wan VAE, the default for evaluation) or "
+                            "taehv (the tiny TAEHV autoencoder, taew2_1.pth: far cheaper, lower quality)"
+                            + _d("decoder"))
+    model.add_argument("--decoder-weights", type=Path, metavar="FILE",
+                       help="TAEHV weights for --decoder taehv (default: WAN_DIR/taew2_1.pth)")
     return gen
 
 
@@ -217,13 +239,15 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
         "chunk_frames": pick("chunk_frames"), "fps": pick("fps"),
         "checkpoint_every": args.checkpoint_every or 0, "save_latents": bool(args.save_latents),
         "overlap_decode": args.overlap_decode is not False, "attention": pick("attention"),
+        "compile": bool(args.compile), "cuda_graphs": bool(args.cuda_graphs), "fp8": args.fp8,
         "video": {"codec": "ffv1"} if args.lossless else {"codec": "h264", "crf": pick("crf")},
         "model": {"model": args.model, "checkpoint": path(args.checkpoint), "wan_dir": path(args.wan_dir),
                   "lora": path(args.lora), "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
                   "use_ema": args.use_ema is not False, "height": pick("height") if real else None,
                   "width": pick("width") if real else None, "device": pick("device"), "dtype": pick("dtype"),
                   "prompt_cache": path(args.prompt_cache), "decode_device": args.decode_device,
-                  "pixels": pick("pixels"), "lora_mode": pick("lora_mode")},
+                  "pixels": pick("pixels"), "lora_mode": pick("lora_mode"), "decoder": pick("decoder"),
+                  "decoder_weights": path(args.decoder_weights), "split_blocks": args.split_blocks},
     }
 
 

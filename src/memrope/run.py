@@ -194,7 +194,9 @@ def prepare(settings: dict[str, Any], resuming: bool = False) -> Prepared:
                       f"{prompt[:60]!r}...", file=sys.stderr)
         settings.setdefault("attention_requested", settings.get("attention", "default"))
         generator = StreamingGenerator(bundle.model, policy, texts[0], config, decoder=bundle.decoder,
-                                       attention=settings.get("attention", "default"))
+                                       attention=settings.get("attention", "default"),
+                                       compile=settings.get("compile", False),
+                                       cuda_graphs=settings.get("cuda_graphs", False), fp8=settings.get("fp8"))
         settings["attention"] = generator.attention.name  # "auto" resolved: a resume keeps the kernel
         preflight(policy, bundle.model.rope, chunk, n_chunks)
     except ValueError as e:

@@ -134,8 +134,7 @@ def test_state_dict_resumes_the_ring_bit_for_bit():
 
 def test_make_cache_keeps_slot_order_where_unrotated_keys_are_needed():
     rope = Rope3D(HEAD_DIM)
-    for name, options in (("memrope", {"reduction": "spatial"}), ("sliding_window", {}), ("deep_forcing", {}),
-                          ("full", {})):
+    for name, options in (("memrope", {"reduction": "spatial"}), ("deep_forcing", {}), ("full", {})):
         assert type(make_cache(make_policy(name, options), geometry(), rope)) is KVCache
 
 

@@ -22,9 +22,9 @@ def test_static_video_has_flicker_one_and_no_motion(video):
     a = analyze_video(video("static", [still] * (3 * FPS)), CONFIG)
     assert a.whole["temporal_flickering"] == pytest.approx(1.0, abs=1e-9)
     assert np.all(a.per_segment["temporal_flickering"] == pytest.approx(1.0, abs=1e-9))
-    assert a.whole["dynamic_degree"] == 0.0
+    assert a.whole["dynamic_degree_dis"] == 0.0
     assert a.whole["motion_magnitude"] < 0.05
-    assert a.whole["motion_smoothness"] == pytest.approx(1.0, abs=1e-3)
+    assert a.whole["motion_smoothness_dis"] == pytest.approx(1.0, abs=1e-3)
     assert a.whole["warp_error"] < 1e-3
     assert np.nanmax(a.per_segment["histogram_drift"]) < 1e-6
     assert a.whole["seam_score"] == pytest.approx(1.0, abs=1e-6)
@@ -33,11 +33,11 @@ def test_static_video_has_flicker_one_and_no_motion(video):
 def test_constant_motion_is_dynamic_with_the_right_speed(video):
     speed = 3
     a = analyze_video(video("pan", panning(3 * FPS, speed=speed)), CONFIG)
-    assert np.all(a.per_segment["dynamic_degree"] == 1.0)
+    assert np.all(a.per_segment["dynamic_degree_dis"] == 1.0)
     assert a.whole["motion_magnitude"] == pytest.approx(speed, rel=0.1)
     assert a.whole["temporal_flickering"] < 1.0
     # uniform translation is exactly interpolable and exactly warpable
-    assert a.whole["motion_smoothness"] > 0.97
+    assert a.whole["motion_smoothness_dis"] > 0.97
     assert a.whole["warp_error"] < 0.01
 
 
@@ -45,7 +45,7 @@ def test_freeze_halfway_shows_the_motion_drop_at_the_right_segment(video):
     moving = list(panning(2 * FPS, speed=4))
     frames = moving + [moving[-1]] * (2 * FPS)
     a = analyze_video(video("freeze", frames), CONFIG)
-    dyn = a.per_segment["dynamic_degree"]
+    dyn = a.per_segment["dynamic_degree_dis"]
     assert list(dyn) == [1.0, 1.0, 0.0, 0.0]
     drift = drift_summary(a.segment_start_s, a.per_segment["motion_magnitude"])
     assert drift.largest_drop_time_s == pytest.approx(2 * SEGMENT_S)

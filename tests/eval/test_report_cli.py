@@ -53,17 +53,17 @@ def test_evaluate_videos_writes_every_output(tmp_path, two_methods_two_prompts):
     assert len(data["videos"]) == 4 and data["videos"][0]["drift"]["motion_magnitude"]["n_segments"] == 3
 
     # paired comparison over the two prompts: the moving method has more motion on both
-    comp = data["comparisons"]["dynamic_degree"][0]
+    comp = data["comparisons"]["dynamic_degree_dis"][0]
     assert (comp["a"], comp["b"]) == ("moving", "frozen")
     assert comp["difference"]["mean"] == pytest.approx(2 / 3)
-    est = ev.summary["moving"]["dynamic_degree"]
+    est = ev.summary["moving"]["dynamic_degree_dis"]
     assert est.low <= est.mean <= est.high and est.n == 2
 
     with open(out / "segments.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 3
     frozen_rows = [r for r in rows if r["method"] == "frozen"]
-    assert [float(r["dynamic_degree"]) for r in frozen_rows[:3]] == [1.0, 0.0, 0.0]
+    assert [float(r["dynamic_degree_dis"]) for r in frozen_rows[:3]] == [1.0, 0.0, 0.0]
     assert "subject_consistency" in rows[0]
 
     html = (out / "report.html").read_text()

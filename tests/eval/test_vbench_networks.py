@@ -164,7 +164,8 @@ def test_background_and_aesthetic_match_hand_computation(tmp_path):
     (tmp_path / "aesthetic_model" / "emb_reader").mkdir(parents=True)
     torch.save(head.state_dict(), tmp_path / "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth")
     suite = NetworkSuite(tmp_path, batch=3)
-    assert set(suite.skipped) == {"subject_consistency", "subject_anchor_similarity"}
+    assert set(suite.skipped) == {"subject_consistency", "subject_anchor_similarity", "imaging_quality",
+                                  "dynamic_degree", "motion_smoothness", "overall_consistency"}
     background, aesthetic = suite.fresh_metrics()
     clip = frames(4)
     for f in clip:
@@ -192,6 +193,10 @@ def test_missing_weights_are_skipped_not_downloaded(tmp_path, monkeypatch):
         "background_consistency",
         "background_anchor_similarity",
         "aesthetic_quality",
+        "imaging_quality",
+        "dynamic_degree",
+        "motion_smoothness",
+        "overall_consistency",
     }
     assert "does not exist" in suite.skipped["subject_consistency"]
     (tmp_path / "w").mkdir()

@@ -39,6 +39,7 @@ class KVCache:
     """
 
     keeps_raw_keys: ClassVar[bool] = True  # re-indexing policies re-rotate from unrotated copies
+    static_writes: bool = False  # set for captured passes: the chunk's destination read from fixed tensors
 
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
         if rope.head_dim != geometry.head_dim:
@@ -228,6 +229,45 @@ class KVCache:
         self.slots = slots
         self.clock = Clock(**data["clock"])
         self._rotated_at = []
+
+    def parts(self) -> list[tuple[int, KVCache]]:
+        """(first layer, cache) per device: this cache holds every layer (``split.py`` holds several)."""
+        return [(0, self)]
+
+    # ----------------------------------------------------------------- captured passes (models/graphs.py)
+    def pass_signature(self) -> tuple | None:
+        """What a pass's device work depends on besides its inputs: where the chunk's keys go and how
+        long the context is. ``None`` when a pass must not be captured as a CUDA graph: the cache is
+        not full (shapes still change), the plan defers compaction or replays frames, or the policy
+        keeps per-commit state (``after_commit``)."""
+        plan = self.plan
+        if not self.full() or plan.deferred or type(self.policy).after_commit is not CachePolicy.after_commit:
+            return None
+        return self._layout_signature(plan)
+
+    def full(self) -> bool:
+        """A generated chunk's pass over a full bounded cache: the steady state, whose passes all have
+        the same shapes (what compiled kernels are used for)."""
+        plan = self.plan
+        return (plan is not None and self.bounded and not plan.replay
+                and plan.n_past + plan.n_frames == self.policy.capacity_frames(self.geometry.chunk_frames))
+
+    def _layout_signature(self, plan: ChunkPlan) -> tuple:
+        return ("slots", plan.n_past, plan.n_frames)
+
+    def replayed(self, commit: bool) -> None:
+        """The bookkeeping a pass does in ``update`` besides its device work, for a replayed pass."""
+        plan = self._require_plan()
+        if commit:
+            if any(self._committed):
+                raise RuntimeError(f"a layer committed twice in chunk {plan.chunk_index}")
+            self._committed = [True] * self.geometry.num_layers
+
+    def capture_state(self) -> tuple:
+        return tuple(self._committed)
+
+    def restore_capture_state(self, state: tuple) -> None:
+        self._committed = list(state)
 
     # ----------------------------------------------------------------- inspection
     def nbytes(self) -> int:

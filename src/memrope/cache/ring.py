@@ -1,4 +1,4 @@
-"""A ring-buffer KV cache for position re-indexing policies: nothing moves, nothing is re-rotated.
+"""A ring-buffer KV cache for bounded policies: nothing moves, nothing is re-rotated.
 
 The slot-order cache (``base.KVCache``) keeps the context in logical order, so each chunk it moves
 the recent frames forward, keeps an unrotated copy of every key (``k_raw``) and rotates the past
@@ -22,7 +22,13 @@ Numerics: each move of a frame rounds its temporal channels once more in the sto
 2^-9 relative), and a frame moves at most ``ceil(recent / chunk)`` times before it is evicted; the
 memory means are fp32 means of per-frame fp32 means. The slot-order path remains for policies that
 need the unrotated keys themselves (``reduction="spatial"``, Deep Forcing, the reference-style
-baseline); ``make_cache`` picks.
+baseline); ``make_cache`` picks (:func:`ring_supported`).
+
+The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``) run here too without
+saying so: their plans only keep whole frames and drop what they evict, which is all the ring needs
+(no means are kept for them). With absolute positions a kept frame never changes position, so a
+chunk costs no cache work beyond writing itself into the slots its evicted frames freed; every
+steady chunk has the same shapes (the context is always the buffers' prefix).
 """
 
 from __future__ import annotations
@@ -34,17 +40,82 @@ import torch
 
 from ..rope import Rope3D, shift_time_, time_shift_rotation
 from .base import KVCache, runs
-from .plan import FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
+from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
 from .policy import CachePolicy, LayerKV
+from .split import SplitKVCache, Stage
 
 MEANS = "slot_mean"  # extra [B, slots, 2, H, D] fp32: per physical slot, mean raw key (0) and value (1)
+STEP_MEMO_SIZE = 64  # chunk layouts memoised (a steady state cycles through a few)
+PROBE_CHUNKS = 64  # chunks of a policy's plans (pure Python) read to decide whether it runs on the ring
+_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit", "allocate_extra")
 
 
-def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D) -> KVCache:
-    """The cache a policy runs best on: the ring buffer when it supports one, else slot order."""
-    if policy.ring_storage and policy.capacity_frames(geometry.chunk_frames) is not None:
+def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D,
+               stages: list[Stage] | None = None) -> KVCache | SplitKVCache:
+    """The cache a policy runs best on: the ring buffer when it supports one, else slot order; with
+    ``stages`` on more than one device, one such cache per device (``split.py``)."""
+    if stages is not None and len(stages) > 1:
+        return SplitKVCache(policy, geometry, rope, stages, make_part=make_cache)
+    if ring_supported(policy, geometry.chunk_frames):
         return RingKVCache(policy, geometry, rope)
     return KVCache(policy, geometry, rope)
+
+
+def ring_supported(policy: CachePolicy, chunk_frames: int) -> bool:
+    """Whether ``policy`` runs on the ring: it says so (``ring_storage``: it folds evicted frames from
+    their means and writes memory tokens), or its plans ask nothing of the cache but keeping whole
+    frames: every slot of every plan a frame carried over from the previous table, every eviction
+    dropped, no deferred compaction, and none of the tensor hooks or per-layer state that work on
+    the slot-order layout. Plans are pure functions of the slot table, so reading the first
+    ``PROBE_CHUNKS`` of them decides it."""
+    if policy.capacity_frames(chunk_frames) is None:
+        return False
+    if policy.ring_storage:
+        return True
+    if any(getattr(type(policy), hook) is not getattr(CachePolicy, hook) for hook in _LAYOUT_HOOKS):
+        return False
+    slots, clock = (), Clock()
+    for _ in range(PROBE_CHUNKS):
+        plan = policy.plan(slots, clock, chunk_frames)
+        if plan.deferred or None in plan.sources or any(s.kind != FRAME for s in plan.past) \
+                or set(plan.evicted) != set(plan.dropped):
+            return False
+        slots, clock = after_chunk(plan, clock)
+    return True
+
+
+def folds(policy: CachePolicy, chunk_frames: int) -> bool:
+    """Whether any of the first ``PROBE_CHUNKS`` plans folds an evicted frame into a memory."""
+    slots, clock = (), Clock()
+    for _ in range(PROBE_CHUNKS):
+        plan = policy.plan(slots, clock, chunk_frames)
+        if set(plan.evicted) - set(plan.dropped):
+            return True
+        slots, clock = after_chunk(plan, clock)
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class RingStep:
+    """The device work one chunk's plan needs from the ring and where it goes, decided in Python."""
+
+    fold: torch.Tensor | None  # physical slots whose frames are folded into the memories
+    compact: list[int] | None  # the rare gather of the past to the front (then not memoised)
+    memory: tuple[tuple[int, str, int], ...]  # (physical slot, kind, position) of each memory token
+    memory_rotation: torch.Tensor | None  # [1, n, ft, 1, D / 2] complex, at the memory slots' positions
+    memory_slots: torch.Tensor | None
+    memory_dst: tuple[torch.Tensor, torch.Tensor] | None  # the memory slots' keys (complex) and values
+    shifts: list[tuple[int, torch.Tensor, list[slice]]]  # (delta, its rotation, token spans of the slots)
+    rot_after: tuple[int | None, ...]  # temporal position of each physical slot's keys, once started
+    past_phys: list[int]
+    chunk: list[int]  # physical slots the chunk takes
+    commit_index: torch.Tensor
+    span: slice | None  # the chunk's tokens when its slots are consecutive
+    tokens: torch.Tensor | None  # else their token index
+
+    @property
+    def memoisable(self) -> bool:
+        return self.compact is None
 
 
 class RingKVCache(KVCache):
@@ -57,15 +128,16 @@ class RingKVCache(KVCache):
     keeps_raw_keys = False  # rotated keys only: moved frames are shifted in place
 
     def __init__(self, policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D):
-        if not policy.ring_storage:
-            raise ValueError(f"policy {policy.name} does not support ring storage")
         cap = policy.capacity_frames(geometry.chunk_frames)
         if cap is None:
             raise ValueError("a ring-buffer cache needs a bounded policy")
+        if not ring_supported(policy, geometry.chunk_frames):
+            raise ValueError(f"policy {policy.name} does not support ring storage")
         super().__init__(policy, geometry, rope)
         self.capacity_slots = cap
+        self.keeps_means = policy.ring_storage and folds(policy, geometry.chunk_frames)  # only folding needs means
         shape = (geometry.batch, cap, 2, geometry.heads, geometry.head_dim)
-        for layer in self.layers:  # fp32 means of each physical slot's raw keys and values
+        for layer in self.layers if self.keeps_means else ():  # fp32 means of each slot's raw keys and values
             layer.extra[MEANS] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
         # Every per-layer tensor becomes a view into one [layers, ...] tensor, and ``all_layers`` sees
         # them with layers folded into the batch: the policy's elementwise per-chunk work (EMA folds,
@@ -87,43 +159,105 @@ class RingKVCache(KVCache):
         self._chunk_tokens: torch.Tensor | None = None  # token index of the chunk's scattered slots
         self._indices: dict[tuple[tuple[int, ...], bool], torch.Tensor] = {}
         self._shifts: dict[int, torch.Tensor] = {}  # delta -> its temporal rotation (a few recur)
+        self._steps: dict[tuple, RingStep] = {}  # chunk layout -> its step (see _layout)
+        # Captured passes (models/graphs.py) read where the chunk goes from tensors that never move:
+        # n_frames -> (token index, slot index), refilled once per chunk (see ``static_writes``).
+        self._static: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- chunk protocol
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
         if plan.deferred:
             raise RuntimeError(f"{self.policy.name}: deferred compaction is not supported by the ring cache")
         self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
-        ft = self.geometry.frame_tokens
-        folded = [i for i in plan.evicted if i not in plan.dropped]
-        if folded:
-            idx = self._index(tuple(self.phys[i] for i in folded))
+        key = (tuple(self.phys), tuple(self._rot), plan.sources, plan.past_pos, plan.query_pos, plan.evicted,
+               plan.dropped, tuple(s.kind for s in plan.past))
+        step = self._steps.get(key)
+        if step is None:
+            step = self._layout(plan)
+            if step.memoisable:
+                if len(self._steps) >= STEP_MEMO_SIZE:
+                    self._steps.clear()
+                self._steps[key] = step
+        if step.fold is not None:
             # frames have equal sizes, so the mean of per-frame means is the mean of the frames
-            means = self.all_layers.extra[MEANS].index_select(1, idx).mean(dim=1, keepdim=True)  # [LB, 1, 2, H, D]
+            means = self.all_layers.extra[MEANS].index_select(1, step.fold).mean(dim=1, keepdim=True)  # [LB,1,2,H,D]
             self.policy.fold_means(self.all_layers, plan, means[:, :, 0], means[:, :, 1])
-        past_phys = self._place(plan)
-        n_ctx = plan.n_past + plan.n_frames
-        taken = set(past_phys)
-        chunk = [p for p in range(self.capacity_slots) if p not in taken][: plan.n_frames]
-        if max(past_phys + chunk, default=-1) >= n_ctx:  # the context must be the prefix [0, n_ctx)
-            past_phys, chunk = self._compact(past_phys), list(range(plan.n_past, n_ctx))
-        # Memory tokens: written rotated at their slot's position, all kinds at once.
-        memory = [(past_phys[i], slot.kind, plan.past_pos[i]) for i, slot in enumerate(plan.past)
-                  if plan.sources[i] is None]
-        if memory:
-            self._write_memory(memory)
-        self._commit_index = self._index(tuple(chunk))
-        self._shift_moved(plan, past_phys)
-        self._next_phys = past_phys
-        self._chunk_phys = chunk
-        (first, end), *rest = runs(chunk)
-        contiguous = not rest and chunk == list(range(first, end))
-        self._chunk_span = slice(first * ft, end * ft) if contiguous else None
-        self._chunk_tokens = None if contiguous else self._index(tuple(chunk), tokens=True)
+        if step.compact is not None:
+            self._compact(step.compact)
+        if step.memory:
+            self._write_memory(step)
+        k = self.stacked["k"]  # [layers, B, T, H, D]
+        for delta, rotation, spans in step.shifts:
+            for span in spans:
+                shift_time_(k[:, :, span], delta, self.rope, rotation)
+        self._rot = list(step.rot_after)
+        self._next_phys, self._chunk_phys = step.past_phys, step.chunk
+        self._commit_index, self._chunk_span, self._chunk_tokens = step.commit_index, step.span, step.tokens
+        if self.static_writes:  # the same index tensors every chunk, refilled: one graph per timestep
+            ft = self.geometry.frame_tokens
+            tokens, slots = self._static.setdefault(plan.n_frames, (
+                torch.empty(plan.n_frames * ft, dtype=torch.long, device=step.commit_index.device),
+                torch.empty(plan.n_frames, dtype=torch.long, device=step.commit_index.device)))
+            tokens.copy_(self._index(tuple(step.chunk), tokens=True))
+            slots.copy_(step.commit_index)
+            self._chunk_span, self._chunk_tokens, self._commit_index = None, tokens, slots
         self.query_freqs = self._freqs_for(plan.query_pos)
         self.plan = plan
         self._committed = [False] * self.geometry.num_layers
         self._prepared = [True] * self.geometry.num_layers
         return plan
+
+    def _layout(self, plan: ChunkPlan) -> RingStep:
+        """Where everything of ``plan`` goes, in Python only (no device work): memoised per layout, since
+        the steady state cycles through a few and the per-chunk bookkeeping then costs a lookup."""
+        ft = self.geometry.frame_tokens
+        folded = [i for i in plan.evicted if i not in plan.dropped]
+        fold = self._index(tuple(self.phys[i] for i in folded)) if folded else None
+        past_phys = self._place(plan)
+        n_ctx = plan.n_past + plan.n_frames
+        taken = set(past_phys)
+        chunk = [p for p in range(self.capacity_slots) if p not in taken][: plan.n_frames]
+        rot = list(self._rot)
+        compact = None
+        if max(past_phys + chunk, default=-1) >= n_ctx:  # the context must be the prefix [0, n_ctx)
+            compact = past_phys  # rare (e.g. after a switch kept slots spread over the ring): not memoised
+            rot = [rot[p] for p in past_phys] + [None] * (self.capacity_slots - len(past_phys))
+            past_phys, chunk = list(range(plan.n_past)), list(range(plan.n_past, n_ctx))
+        # Memory tokens: written rotated at their slot's position, all kinds at once.
+        memory = tuple((past_phys[i], slot.kind, plan.past_pos[i]) for i, slot in enumerate(plan.past)
+                       if plan.sources[i] is None)
+        for p, _, pos in memory:
+            rot[p] = pos
+        memory_rotation = memory_slots = memory_dst = None
+        if memory:
+            memory_dst = self._memory_views(memory)
+            rotation = self._freqs_for(tuple(pos for _, _, pos in memory)).rotation  # [1, n * ft, 1, D / 2]
+            memory_rotation = rotation.unflatten(1, (len(memory), ft))  # [1, n, ft, 1, D / 2]
+            memory_slots = self._index(tuple(p for p, _, _ in memory))
+        # Frames seen at a new position: their temporal pairs shifted, grouped by shift and by runs of slots.
+        by_delta: dict[int, list[int]] = {}
+        for i, p in enumerate(past_phys):
+            if plan.sources[i] is None:
+                continue
+            at = rot[p]
+            if at is None:
+                raise RuntimeError(f"physical slot {p} holds no rotated keys")  # a bookkeeping bug
+            if plan.past_pos[i] != at:
+                by_delta.setdefault(plan.past_pos[i] - at, []).append(p)
+                rot[p] = plan.past_pos[i]
+        shifts = []
+        for delta, slots in by_delta.items():
+            if delta not in self._shifts:
+                self._shifts[delta] = time_shift_rotation(delta, self.rope)
+            shifts.append((delta, self._shifts[delta], [slice(a * ft, b * ft) for a, b in runs(slots)]))
+        (first, end), *rest = runs(chunk)
+        contiguous = not rest and chunk == list(range(first, end))
+        return RingStep(fold=fold, compact=compact, memory=memory, memory_rotation=memory_rotation,
+                        memory_slots=memory_slots, memory_dst=memory_dst, shifts=shifts, rot_after=tuple(rot),
+                        past_phys=past_phys,
+                        chunk=chunk, commit_index=self._index(tuple(chunk)),
+                        span=slice(first * ft, end * ft) if contiguous else None,
+                        tokens=None if contiguous else self._index(tuple(chunk), tokens=True))
 
     def _place(self, plan: ChunkPlan) -> list[int]:
         """Physical slot of each slot of the new past: moved slots keep theirs; policy-written
@@ -140,9 +274,9 @@ class RingKVCache(KVCache):
                 placed[i] = p
         return [int(p) for p in placed]
 
-    def _compact(self, past_phys: list[int]) -> list[int]:
-        """Rare path (e.g. after a switch kept slots spread over the ring): gather the past into
-        physical slots [0, n_past) in logical order, with everything that describes them."""
+    def _compact(self, past_phys: list[int]) -> None:
+        """Rare path: gather the past into physical slots [0, n_past) in logical order, with the means
+        that describe them (the step's layout already renumbers the slots and their positions)."""
         n = len(past_phys)
         ft = self.geometry.frame_tokens
         device = self.layers[0].k.device
@@ -150,33 +284,41 @@ class RingKVCache(KVCache):
         for big in self.stacked.values():
             big[:, :, : n * ft] = big[:, :, src]
         order = torch.tensor(past_phys, device=device)
-        for layer in self.layers:
+        for layer in self.layers if self.keeps_means else ():
             mean = layer.extra[MEANS]
             mean[:, :n] = mean[:, order]
-        rot = [self._rot[p] for p in past_phys]
-        self._rot = rot + [None] * (self.capacity_slots - n)
-        return list(range(n))
 
-    def _write_memory(self, memory: list[tuple[int, str, int]]) -> None:
-        """Memory slots (physical slot, kind, position) of every layer at once (layers folded into
-        the batch) and all kinds in one rotation: each memory key, rotated at its slot's position,
-        fills every token of its slot. Their slot means are not kept: only frames are ever evicted
-        and folded."""
-        ft = self.geometry.frame_tokens
+    def _write_memory(self, step: RingStep) -> None:
+        """Memory slots of every layer at once (layers folded into the batch) and all kinds in one
+        rotation: each memory key, rotated at its slot's position, fills every token of its slot. Their
+        slot means are not kept: only frames are ever evicted and folded."""
         every = self.all_layers
-        values = [self.policy.memory_value(every, kind) for _, kind, _ in memory]  # [layers * B, 1, H, D] each
+        values = [self.policy.memory_value(every, kind) for _, kind, _ in step.memory]  # [LB, 1, H, D] each
         k_mem = torch.cat([k for k, _ in values], dim=1) if len(values) > 1 else values[0][0]  # [LB, n, H, D]
         v_mem = torch.cat([v for _, v in values], dim=1) if len(values) > 1 else values[0][1]
-        rotation = self._freqs_for(tuple(pos for _, _, pos in memory)).rotation  # [1, n * ft, 1, D / 2]
-        rotation = rotation.unflatten(1, (len(memory), ft))  # [1, n, ft, 1, D / 2]
-        pairs = k_mem.float().unsqueeze(2).unflatten(-1, (-1, 2)).contiguous()  # [LB, n, 1, H, D / 2, 2]
-        k_rot = torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2)  # [LB, n, ft, H, D]
-        slots = self._index(tuple(p for p, _, _ in memory))
+        pairs = torch.view_as_complex(k_mem.float().unflatten(-1, (-1, 2)).contiguous()).unsqueeze(2)  # [LB,n,1,H,D/2]
+        if step.memory_dst is not None:  # fp32 storage, consecutive memory slots: rotate straight into them
+            k_dst, v_dst = step.memory_dst
+            torch.mul(pairs, step.memory_rotation, out=k_dst)
+            v_dst.copy_(v_mem.unsqueeze(2))  # broadcast over the slot's tokens
+            return
+        ft = self.geometry.frame_tokens
+        k_rot = torch.view_as_real(pairs * step.memory_rotation).flatten(-2)  # [LB, n, ft, H, D]
         dtype = every.k.dtype
-        every.k.unflatten(1, (-1, ft)).index_copy_(1, slots, k_rot.to(dtype))
-        every.v.unflatten(1, (-1, ft)).index_copy_(1, slots, v_mem.unsqueeze(2).expand_as(k_rot).to(dtype))
-        for p, _, pos in memory:
-            self._rot[p] = pos
+        every.k.unflatten(1, (-1, ft)).index_copy_(1, step.memory_slots, k_rot.to(dtype))
+        every.v.unflatten(1, (-1, ft)).index_copy_(1, step.memory_slots,
+                                                   v_mem.unsqueeze(2).expand(-1, -1, ft, -1, -1).to(dtype))
+
+    def _memory_views(self, memory: tuple[tuple[int, str, int], ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Views of consecutive memory slots in fp32 storage (keys as complex pairs), else None."""
+        slots = [p for p, _, _ in memory]
+        every = self.all_layers
+        if every.k.dtype != torch.float32 or slots != list(range(slots[0], slots[0] + len(slots))):
+            return None
+        ft = self.geometry.frame_tokens
+        span = slice(slots[0], slots[-1] + 1)
+        k_dst = torch.view_as_complex(every.k.unflatten(1, (-1, ft))[:, span].unflatten(-1, (-1, 2)))
+        return k_dst, every.v.unflatten(1, (-1, ft))[:, span]  # [LB, n, ft, H, D / 2] complex; [LB, n, ft, H, D]
 
     def _index(self, slots: tuple[int, ...], tokens: bool = False) -> torch.Tensor:
         """Device index of physical slots (or of all their tokens, in slot order), memoised: the
@@ -187,25 +329,6 @@ class RingKVCache(KVCache):
             index = [p * ft + j for p in slots for j in range(ft)] if tokens else list(slots)
             self._indices[key] = torch.tensor(index, dtype=torch.long, device=self.layers[0].k.device)
         return self._indices[key]
-
-    def _shift_moved(self, plan: ChunkPlan, past_phys: list[int]) -> None:
-        """Bring every past frame's keys to their planned position: temporal pairs only, grouped
-        by shift and by runs of physical slots, one operation on all layers at once."""
-        ft = self.geometry.frame_tokens
-        by_delta: dict[int, list[int]] = {}
-        for i, p in enumerate(past_phys):
-            at = self._rot[p]
-            if at is None:
-                raise RuntimeError(f"physical slot {p} holds no rotated keys")  # a bookkeeping bug
-            if plan.past_pos[i] != at:
-                by_delta.setdefault(plan.past_pos[i] - at, []).append(p)
-                self._rot[p] = plan.past_pos[i]
-        k = self.stacked["k"]  # [layers, B, T, H, D]
-        for delta, slots in by_delta.items():
-            if delta not in self._shifts:
-                self._shifts[delta] = time_shift_rotation(delta, self.rope)
-            for first, end in runs(slots):
-                shift_time_(k[:, :, first * ft:end * ft], delta, self.rope, self._shifts[delta])
 
     def update(self, layer_idx: int, k_rot: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor | None = None,
                commit: bool = False, q_raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,17 +343,23 @@ class RingKVCache(KVCache):
         if commit:
             if self._committed[layer_idx]:
                 raise RuntimeError(f"layer {layer_idx} committed twice in chunk {plan.chunk_index}")
-            if k_raw is None:
-                raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
-            b, n, h, d = k_raw.shape
-            kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
-            kv = kv if kv.dtype == torch.float32 else kv.float()
-            frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
-            layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
+            if self.keeps_means:
+                if k_raw is None:
+                    raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
+                b, n, h, d = k_raw.shape
+                kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
+                kv = kv if kv.dtype == torch.float32 else kv.float()
+                frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
+                layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
             self.policy.after_commit(layer, plan, self.geometry, q_raw)
             self._committed[layer_idx] = True
         end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
         return layer.k[:, :end], layer.v[:, :end]
+
+    def _layout_signature(self, plan: ChunkPlan) -> tuple:
+        if self.static_writes:  # the chunk's slots are read from fixed index tensors
+            return ("ring", plan.n_past, plan.n_frames)
+        return ("ring", plan.n_past, plan.n_frames, tuple(self._chunk_phys))
 
     def end_chunk(self) -> ChunkPlan:
         plan = super().end_chunk()
@@ -244,7 +373,9 @@ class RingKVCache(KVCache):
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
         self.phys = [self.phys[i] for i in sw.keep]
-        self.slots = tuple(self.slots[i] for i in sw.keep)
+        kept = tuple(self.slots[i] for i in sw.keep)
+        # kept slots that lose their offsets are seen at new positions: the next chunk shifts their keys
+        self.slots = tuple(s.unshifted() for s in kept) if sw.reset_shifts else kept
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
 
@@ -270,8 +401,7 @@ class RingKVCache(KVCache):
         if data["policy"] != self.policy.describe():
             raise ValueError(f"saved cache belongs to {data['policy']}, not {self.policy.describe()}")
         if data.get("storage") != "ring":
-            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
-                             "memrope version that wrote it")
+            data = self._from_slot_order(data)
         n_phys = len(data["rotated_at"])
         n_tok = n_phys * self.geometry.frame_tokens
         for i, layer in enumerate(self.layers):
@@ -288,6 +418,17 @@ class RingKVCache(KVCache):
         self.clock = Clock(**data["clock"])
         self.phys = [int(p) for p in data["phys"]]
         self._rot = list(data["rotated_at"]) + [None] * (self.capacity_slots - n_phys)
+
+    def _from_slot_order(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A slot-order state (what runs of the window policies saved before they ran on the ring):
+        slot i in physical slot i, its keys rotated at the frame's own position (absolute positions
+        only; re-indexing policies kept unrotated keys there instead, which the ring cannot take)."""
+        if self.policy.positions != ABSOLUTE or self.keeps_means:
+            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
+                             "memrope version that wrote it")
+        slots = [Slot(kind, idx, shift) for kind, idx, shift in data["slots"]]
+        return {**data, "phys": list(range(len(slots))),
+                "rotated_at": [self.policy.position_of(i, s) for i, s in enumerate(slots)]}
 
     def persistent_state(self) -> list[dict[str, torch.Tensor]]:
         """Copies of the committed physical slots (what read passes must leave unchanged)."""

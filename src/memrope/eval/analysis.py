@@ -3,7 +3,9 @@
 Each decoded frame is seen once. Per pair of consecutive frames: the mean absolute difference
 (flicker and seams). Every `flow_fps`-th frame: optical-flow motion metrics, image statistics and the
 colour histogram. Every `repetition_fps`-th frame: a repetition thumbnail. Every `feature_fps`-th
-frame: the optional network-based metrics (DINO/CLIP), batched inside their own objects. What stays
+frame: the optional DINO/CLIP metrics, batched inside their own objects; every frame: the metrics
+that VBench defines on all frames of a clip (``every_frame``: imaging quality, dynamic degree, motion
+smoothness, overall consistency), which sample within their clips as VBench does. What stays
 in memory is a few frames plus a few numbers per segment (and per sampled frame for the time series).
 """
 
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from memrope.eval.config import EvalConfig, stride_for
 from memrope.eval.flicker import TEMPORAL_FLICKERING, flicker_score, mean_abs_diff
+from memrope.eval.heap import fix_mmap_threshold
 from memrope.eval.histogram import HISTOGRAM_DRIFT, HistogramDrift
 from memrope.eval.image_stats import IMAGE_STAT_SPECS, SHARPNESS, colour_stats, sharpness
 from memrope.eval.motion import MOTION_SPECS, MotionTracker
@@ -48,7 +51,8 @@ WEIGHT_FREE_SPECS: tuple[MetricSpec, ...] = (
 
 
 class FrameFeatureMetric(Protocol):
-    """A metric fed full-resolution RGB frames at `feature_fps` (the network-based ones)."""
+    """A metric fed full-resolution RGB frames at `feature_fps` (the network-based ones), or every frame
+    when it has ``every_frame = True``; ``frame_series()`` (optional) returns per-frame values."""
 
     specs: tuple[MetricSpec, ...]
 
@@ -80,6 +84,7 @@ class VideoAnalysis:
     elapsed_s: float
     skipped: dict[str, str] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    frame_series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_segments(self) -> int:
@@ -97,6 +102,7 @@ def analyze_video(
     """Evaluate one video in a single lazy pass. `features` are optional network-based metrics."""
     config = config or EvalConfig()
     info = probe_video(path)
+    fix_mmap_threshold()  # frame-sized buffers must not fragment the heap over an hour (heap.py)
     started = time.perf_counter()
     seg_len = config.segment_seconds
     flow_stride = stride_for(info.fps, config.flow_fps)
@@ -148,8 +154,8 @@ def analyze_video(
                 hist.add(seg, small)
             if frame.index % rep_stride == 0:
                 repetition.add(seg, t, gray)
-        if features and frame.index % feat_stride == 0:
-            for metric in features:
+        for metric in features:
+            if getattr(metric, "every_frame", False) or frame.index % feat_stride == 0:
                 metric.add(seg, rgb)
         if t >= next_thumb_s:
             thumbnails.append((t, cv2.resize(rgb, strip_size, interpolation=cv2.INTER_AREA)))
@@ -191,12 +197,15 @@ def analyze_video(
 
     provenance: dict = {}
     skipped: dict[str, str] = {}
+    frame_series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for metric in features:
         seg_values, whole_values = metric.finish(n_seg)
         per_segment.update(seg_values)
         whole.update(whole_values)
         specs.update({s.name: s for s in metric.specs})
         provenance.update(metric.provenance())
+        if hasattr(metric, "frame_series"):
+            frame_series.update(metric.frame_series())
 
     starts = np.arange(n_seg) * seg_len
     ends = np.minimum(starts + seg_len, last_time + 1.0 / info.fps)
@@ -218,6 +227,7 @@ def analyze_video(
         elapsed_s=time.perf_counter() - started,
         skipped=skipped,
         provenance=provenance,
+        frame_series=frame_series,
     )
 
 

@@ -1,4 +1,4 @@
-"""`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--segment-seconds S]`.
+"""`memrope eval VIDEO... --out DIR [--weights-dir DIR] [--text PROMPT] [--segment-seconds S]`.
 
 add_eval_parser(subparsers) registers the subcommand on memrope's top-level argparse parser; the
 handler checks every argument (each video readable, the output folder writable, one label and one
@@ -29,7 +29,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "--weights-dir",
         type=Path,
         default=None,
-        help="local folder with DINO/CLIP/LAION weights (HF folders, VBench cache or original files)",
+        help="local folder with the VBench networks' weights (VBench's cache layout, the original files, or "
+        "HF folders for DINO/CLIP); see `memrope weights check DIR`",
     )
     p.add_argument(
         "--segment-seconds",
@@ -40,6 +41,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="comma-separated method label per video (default: file names)")
     p.add_argument("--prompt-ids", default=None, metavar="IDS",
                    help="comma-separated prompt id per video, to pair methods (default: one pair per video)")
+    p.add_argument(
+        "--text",
+        action="append",
+        default=None,
+        metavar="PROMPT",
+        help="the prompt text of a video, for overall consistency (once for all videos, or once per video in order)",
+    )
     p.add_argument(
         "--feature-fps",
         type=non_negative_float,
@@ -96,6 +104,11 @@ def run_eval(args: argparse.Namespace) -> int:
     n = len(args.videos)
     labels = _split(args.labels, n, "labels")
     prompt_ids = _split(args.prompt_ids, n, "prompt-ids")
+    texts = args.text
+    if texts is not None and len(texts) not in (1, n):
+        raise UserError(f"--text: got {len(texts)} prompts for {n} videos (give one, or one per video)")
+    if texts is not None and len(texts) == 1:
+        texts = texts * n
     for video in args.videos:
         check_video(video)
     check_output_dir(args.out, "--out")
@@ -108,6 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
         labels=labels,
         prompts=prompt_ids,
         config=config,
+        texts=texts,
         progress=not args.no_progress,
     )
     for v in ev.videos:

@@ -223,3 +223,44 @@ def clip_vision_config(sd: StateDict, num_heads: int | None = None) -> CLIPVisio
         hidden_act=CLIP_ACTIVATION,
         layer_norm_eps=CLIP_LAYER_NORM_EPS,
     )
+
+
+# OpenAI CLIP's text transformer (ViCLIP's text tower keeps these names under ``text_encoder.``).
+_CLIP_TEXT_RENAMES = [
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("transformer.resblocks.{i}.ln_1.{p}", "text_model.encoder.layers.{i}.layer_norm1.{p}"),
+    ("transformer.resblocks.{i}.ln_2.{p}", "text_model.encoder.layers.{i}.layer_norm2.{p}"),
+    ("transformer.resblocks.{i}.attn.out_proj.{p}", "text_model.encoder.layers.{i}.self_attn.out_proj.{p}"),
+    ("transformer.resblocks.{i}.mlp.c_fc.{p}", "text_model.encoder.layers.{i}.mlp.fc1.{p}"),
+    ("transformer.resblocks.{i}.mlp.c_proj.{p}", "text_model.encoder.layers.{i}.mlp.fc2.{p}"),
+    ("ln_final.{p}", "text_model.final_layer_norm.{p}"),
+]
+_CLIP_TEXT_QKV = (
+    "transformer.resblocks.{i}.attn.in_proj_{p}",
+    "text_model.encoder.layers.{i}.self_attn.{n}_proj.{p}",
+)
+_CLIP_TEXT_PROJ = ("text_projection", "text_projection.weight")
+
+
+def clip_text_to_hf(sd: StateDict) -> StateDict:
+    """OpenAI CLIP text-tower keys (no prefix) -> CLIPTextModelWithProjection keys."""
+    out, rest = _rename(sd, _CLIP_TEXT_RENAMES, reverse=False)
+    rest = _split_qkv(rest, _CLIP_TEXT_QKV, out)
+    if _CLIP_TEXT_PROJ[0] in rest:
+        # OpenAI multiplies x @ text_projection [width, embed]; nn.Linear stores [embed, width].
+        out[_CLIP_TEXT_PROJ[1]] = rest.pop(_CLIP_TEXT_PROJ[0]).t().contiguous()
+    _fail_on_leftovers(rest, "CLIP text checkpoint")
+    return out
+
+
+def hf_to_clip_text(sd: StateDict) -> StateDict:
+    """Inverse of clip_text_to_hf."""
+    sd = dict(sd)
+    proj = sd.pop(_CLIP_TEXT_PROJ[1], None)
+    out, rest = _rename(sd, _CLIP_TEXT_RENAMES, reverse=True)
+    rest = _merge_qkv(rest, _CLIP_TEXT_QKV, out)
+    if proj is not None:
+        out[_CLIP_TEXT_PROJ[0]] = proj.t().contiguous()
+    _fail_on_leftovers(rest, "transformers CLIP text state dict")
+    return out

@@ -21,6 +21,8 @@ from memrope.eval.config import EvalConfig
 from memrope.eval.drift import DriftSummary, drift_summary
 from memrope.eval.evaluation import Evaluation, VideoResult
 from memrope.eval.histogram import HISTOGRAM_DRIFT
+from memrope.eval.long_drift import LongDrift, long_drift_from_frames, long_drift_from_segments
+from memrope.eval.reader import probe_video
 from memrope.eval.repetition import PIXEL_ANCHOR_SIMILARITY
 from memrope.eval.spec import MetricSpec
 
@@ -43,6 +45,10 @@ NETWORK_METRIC_NAMES = (
     "background_consistency",
     "background_anchor_similarity",
     "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+    "motion_smoothness",
+    "overall_consistency",
 )
 
 
@@ -53,8 +59,11 @@ class _NoNetworks:
         self.skipped = dict.fromkeys(NETWORK_METRIC_NAMES, reason)
         self.provenance: dict = {}
 
-    def fresh_metrics(self) -> list:
+    def fresh_metrics(self, fps: float = 0.0, text_for=None) -> list:
         return []
+
+    def video_skips(self, text_for) -> dict[str, str]:
+        return {}
 
 
 def falling_for(spec: MetricSpec | None, first: float, threshold: float) -> bool:
@@ -72,6 +81,32 @@ def drift_for(analysis: VideoAnalysis, thresholds: Mapping[str, float]) -> dict[
         first = float(finite[0]) if finite.size else math.nan
         falling = falling_for(analysis.specs.get(name), first, threshold) if threshold is not None else True
         out[name] = drift_summary(analysis.segment_start_s, values, threshold, falling)
+    return out
+
+
+def add_quality_score(analysis: VideoAnalysis) -> None:
+    """VBench's Quality Score (whole video and per segment) when all seven quality dimensions are computed."""
+    from memrope.eval.vbench_scores import NORMALIZATION, QUALITY_SCORE, quality_score
+
+    if not all(name in analysis.whole for name in NORMALIZATION):
+        return
+    analysis.whole[QUALITY_SCORE.name] = quality_score(analysis.whole)
+    analysis.per_segment[QUALITY_SCORE.name] = np.array([
+        quality_score({n: analysis.per_segment[n][k] for n in NORMALIZATION}) for k in range(analysis.n_segments)])
+    analysis.specs[QUALITY_SCORE.name] = QUALITY_SCORE
+
+
+def long_drift_for(analysis: VideoAnalysis) -> dict[str, LongDrift]:
+    """Quality drift and VDE of every metric: from per-frame values where kept, else the segment curve."""
+    duration = analysis.seconds_evaluated
+    out = {}
+    for name, values in analysis.per_segment.items():
+        if name in analysis.frame_series:
+            times, frame_values = analysis.frame_series[name]
+            out[name] = long_drift_from_frames(name, times, frame_values, duration)
+        else:
+            out[name] = long_drift_from_segments(name, analysis.segment_start_s, analysis.segment_end_s, values,
+                                                 duration)
     return out
 
 
@@ -114,6 +149,7 @@ def evaluate_videos(
     labels: Sequence[str] | None = None,
     prompts: Sequence[str] | None = None,
     config: EvalConfig | None = None,
+    texts: Sequence[str | Sequence[tuple[float, str]] | None] | None = None,
     thresholds: Mapping[str, float] | None = None,
     progress: bool = False,
 ) -> Evaluation:
@@ -121,6 +157,8 @@ def evaluate_videos(
 
     labels: method label per video (default: file stem). prompts: prompt id per video, used to pair
     videos across methods (default: every video is prompt "0", i.e. one prompt per method).
+    texts: the prompt text of each video for overall consistency: a string, or a schedule
+    [(start_s, prompt), ...]; None (or a None entry) skips that dimension for the video.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -132,6 +170,9 @@ def evaluate_videos(
     prompts = list(prompts) if prompts is not None else ["0"] * len(paths)
     if len(labels) != len(paths) or len(prompts) != len(paths):
         raise ValueError(f"{len(paths)} videos but {len(labels)} labels and {len(prompts)} prompt ids")
+    texts = list(texts) if texts is not None else [None] * len(paths)
+    if len(texts) != len(paths):
+        raise ValueError(f"{len(paths)} videos but {len(texts)} prompt texts")
     config = config or EvalConfig()
     thresholds = {**DEFAULT_DRIFT_THRESHOLDS, **(thresholds or {})}
     try:
@@ -141,20 +182,33 @@ def evaluate_videos(
     except ImportError as e:  # transformers missing: weight-free metrics still run
         suite = _NoNetworks(f"network metrics need transformers: {e}")
     videos, specs = [], {}
-    for path, method, prompt in zip(paths, labels, prompts, strict=True):
+    skipped = dict(suite.skipped)
+    for path, method, prompt, text in zip(paths, labels, prompts, texts, strict=True):
         # Network metrics hold per-video state: fresh objects per video, networks loaded once.
-        features = suite.fresh_metrics()
+        text_for = _text_for(text)
+        features = suite.fresh_metrics(probe_video(path).fps, text_for)
         name = method if prompts.count(prompt) == len(prompts) else f"{method}/{prompt}"
         analysis = analyze_video(path, config, label=name, features=features, progress=progress)
-        analysis.skipped.update(suite.skipped)
+        add_quality_score(analysis)
+        analysis.skipped.update({**suite.skipped, **suite.video_skips(text_for)})
+        skipped.update(suite.video_skips(text_for))
         specs.update(analysis.specs)
-        videos.append(VideoResult(analysis, method, prompt, drift_for(analysis, thresholds)))
+        videos.append(VideoResult(analysis, method, prompt, drift_for(analysis, thresholds), long_drift_for(analysis)))
     summary, comparisons = summarise(videos)
-    evaluation = Evaluation(
-        videos, config, specs, dict(suite.skipped), summary, comparisons, suite.provenance
-    )
+    evaluation = Evaluation(videos, config, specs, skipped, summary, comparisons, suite.provenance)
     if out_dir is not None:
         from memrope.eval.report import write_report
 
         write_report(evaluation, out_dir)
     return evaluation
+
+
+def _text_for(text):
+    """A prompt (str) or a schedule [(start_s, prompt), ...] -> the prompt in force at a time (or None)."""
+    if text is None:
+        return None
+    from memrope.eval.vbench_quality import constant_text, scheduled_text
+
+    if isinstance(text, str):
+        return constant_text(text)
+    return scheduled_text([(float(t), str(p)) for t, p in text])

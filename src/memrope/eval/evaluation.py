@@ -12,17 +12,20 @@ from memrope.eval.analysis import VideoAnalysis
 from memrope.eval.bootstrap import Estimate, PairedComparison
 from memrope.eval.config import EvalConfig
 from memrope.eval.drift import DriftSummary
+from memrope.eval.long_drift import LongDrift
 from memrope.eval.spec import MetricSpec
 
 
 @dataclass
 class VideoResult:
-    """One evaluated video with its method label, prompt id and the drift summary of every metric."""
+    """One evaluated video with its method label, prompt id, the drift summary of every metric and the
+    papers' drift numbers (quality drift, LV-Bench VDE) of every metric."""
 
     analysis: VideoAnalysis
     method: str
     prompt: str
     drift: dict[str, DriftSummary]
+    long_drift: dict[str, LongDrift] = field(default_factory=dict)
 
 
 @dataclass

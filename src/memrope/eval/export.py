@@ -79,6 +79,7 @@ def evaluation_dict(ev: Evaluation) -> dict:
                 "whole": a.whole,
                 "seam": a.seam.to_dict(),
                 "drift": {k: d.to_dict() for k, d in v.drift.items()},
+                "long_drift": {k: d.to_dict() for k, d in v.long_drift.items()},
                 "segments": {"start_s": a.segment_start_s, "end_s": a.segment_end_s, **a.per_segment},
             }
         )

@@ -1,5 +1,8 @@
 """Motion metrics from DIS optical flow on sampled, downscaled grey frames.
 
+Named ``*_dis``: these are weight-free proxies. VBench's own dynamic degree (RAFT) and motion
+smoothness (AMT-S) are `vbench_motion`, under VBench's names, and run when their weights are present.
+
 - dynamic degree (VBench's rule with DIS instead of RAFT): a pair "moves" when the mean of its top 5%
   flow magnitudes exceeds 6 * min(H, W) / 256; a clip is dynamic when at least round(4 * n / 16) of
   its n sampled frames move. Per segment 0/1; the whole video is the mean over segments (VBench-Long).
@@ -32,7 +35,7 @@ VBENCH_COUNT_PER_16_FRAMES = 4.0
 VBENCH_COUNT_REFERENCE_FRAMES = 16.0
 
 DYNAMIC_DEGREE = MetricSpec(
-    name="dynamic_degree",
+    name="dynamic_degree_dis",
     implementation="vbench-rule(top5%>6*min(H,W)/256, round(4n/16) pairs);flow=cv2-DIS;mean-over-segments",
     unit="fraction of segments that are dynamic",
     description="Whether the video moves at all; a long video that freezes loses it segment by segment.",
@@ -46,7 +49,7 @@ MOTION_MAGNITUDE = MetricSpec(
     higher_is_better=None,
 )
 MOTION_SMOOTHNESS = MetricSpec(
-    name="motion_smoothness",
+    name="motion_smoothness_dis",
     implementation="(255-MAE(f_t, half-way DIS warp of f_t-1 and f_t+1))/255;grey",
     unit="score in [0, 1]",
     description="How well each frame is predicted by interpolating its neighbours; jerky motion scores low.",

@@ -57,11 +57,21 @@ def dino_inputs(frames, size: int = VBENCH_IMAGE_SIZE) -> torch.Tensor:
     return _normalise(x, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def clip_inputs(frames, size: int = VBENCH_IMAGE_SIZE) -> torch.Tensor:
-    """VBench clip_transform: (N, 3, 224, 224) float32 after bicubic resize and centre crop."""
+def clip_crops(frames, size: int = VBENCH_IMAGE_SIZE) -> torch.Tensor:
+    """VBench clip_transform before its normalisation: (N, 3, 224, 224) uint8 after the bicubic resize
+    (rounded and clamped back to uint8, as torchvision does) and the centre crop."""
     x = _to_uint8_batch(frames)
     x = _resize_like_torchvision(x, short_side_size(x.shape[2], x.shape[3], size), "bicubic")
     h, w = x.shape[2:]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    x = x[:, :, top : top + size, left : left + size]
-    return _normalise(x, CLIP_MEAN, CLIP_STD)
+    return x[:, :, top : top + size, left : left + size].to(torch.uint8)
+
+
+def clip_normalise(crops: torch.Tensor) -> torch.Tensor:
+    """The rest of clip_transform: / 255 and CLIP's mean and std."""
+    return _normalise(crops.float(), CLIP_MEAN, CLIP_STD)
+
+
+def clip_inputs(frames, size: int = VBENCH_IMAGE_SIZE) -> torch.Tensor:
+    """VBench clip_transform: (N, 3, 224, 224) float32 after bicubic resize and centre crop."""
+    return clip_normalise(clip_crops(frames, size))

@@ -19,7 +19,11 @@ from memrope.eval.plots import write_plots
 # Metrics whose drift summary is shown in the HTML (all are in metrics.json).
 DRIFT_TABLE_METRICS = (
     "temporal_flickering",
+    "imaging_quality",
     "dynamic_degree",
+    "motion_smoothness",
+    "overall_consistency",
+    "dynamic_degree_dis",
     "motion_magnitude",
     "warp_error",
     "sharpness",
@@ -149,6 +153,19 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
             drift_rows,
         )
     )
+    long_rows = [
+        [v.analysis.label, n, d.first_5s, d.last_5s, d.quality_drift, d.vde_name, d.vde_linear, d.vde_log, d.basis]
+        for v in ev.videos
+        for n in DRIFT_TABLE_METRICS
+        if (d := v.long_drift.get(n)) is not None and (math.isfinite(d.first_5s) or math.isfinite(d.vde_linear))
+    ]
+    if long_rows:
+        parts.append(
+            "<h2>Long-video drift as the papers report it</h2><p>Quality drift = first 5 s - last 5 s; "
+            "VDE = LV-Bench's Video Drift Error over 10 equal chunks (linear and log weights).</p>"
+            + _table(["video", "metric", "first 5 s", "last 5 s", "quality drift", "VDE name", "VDE linear",
+                      "VDE log", "basis"], long_rows)
+        )
     parts.append(
         "<h2>Per method (bootstrap 95% CI over prompts)</h2>"
         + _table(

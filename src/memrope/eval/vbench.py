@@ -1,5 +1,7 @@
 """VBench-exact network metrics: subject consistency (DINO), background consistency (CLIP ViT-B/32),
-aesthetic quality (CLIP ViT-L/14 + LAION head), plus anchor similarity to segment 0.
+aesthetic quality (CLIP ViT-L/14 + LAION head), plus anchor similarity to segment 0; and the suite
+that loads every network once, these and those of `vbench_motion` (dynamic degree, motion
+smoothness) and `vbench_quality` (imaging quality, overall consistency).
 
 VBench's consistency score for a clip of frames with unit features f_0..f_{n-1} is
     mean over t >= 1 of 0.5 * [max(0, cos(f_{t-1}, f_t)) + max(0, cos(f_0, f_t))].
@@ -21,11 +23,24 @@ import torch.nn.functional as F
 
 from memrope.eval.preprocess import clip_inputs, dino_inputs
 from memrope.eval.spec import MetricSpec
+from memrope.eval.vbench_motion import DYNAMIC_DEGREE, MOTION_SMOOTHNESS, DynamicDegreeMetric, MotionSmoothnessMetric
+from memrope.eval.vbench_quality import (
+    IMAGING_QUALITY,
+    OVERALL_CONSISTENCY,
+    ImagingQualityMetric,
+    OverallConsistencyMetric,
+    TextFor,
+)
 from memrope.eval.weights import (
+    AMT_S,
+    CLIP_BPE_VOCAB,
     CLIP_VITB32,
     CLIP_VITL14,
     DINO_VITB16,
     LAION_AESTHETIC,
+    MUSIQ_SPAQ,
+    RAFT_THINGS,
+    VICLIP_L14,
     LocatedWeights,
     WeightsMissing,
     hashes,
@@ -236,48 +251,87 @@ def _record(located: LocatedWeights) -> dict:
     return {located.source.name: {"kind": located.kind, "path": str(located.path), "sha256": hashes(located)}}
 
 
+# the text a clip is scored against is needed for overall consistency only
+NO_TEXT = "no prompt text for this video (memrope eval --text PROMPT)"
+
+
 class NetworkSuite:
     """The network metrics whose weights are present, loaded (and hashed) once for many videos.
 
-    fresh_metrics() returns new per-video metric objects sharing the loaded networks; `skipped` maps
-    each absent metric to the reason (where its weights were searched).
+    fresh_metrics(fps, text_for) returns new per-video metric objects sharing the loaded networks;
+    `skipped` maps each absent metric to the reason (where its weights were searched).
     """
 
     def __init__(self, weights_dir: str | Path | None, batch: int = 16, device: str | None = None) -> None:
         # float32 as in VBench; CUDA when present: DINO ViT-B/16 costs seconds per frame on 2 CPU cores
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch = batch
         self.skipped: dict[str, str] = {}
         self.provenance: dict = {}
-        self._factories: list[Callable[[], object]] = []
-        try:
-            dino = locate(weights_dir, DINO_VITB16)
-            encode = dino_encoder(load_dino(dino).to(device))
-            self.provenance.update(_record(dino))
-            self._factories.append(
-                lambda: ConsistencyMetric(SUBJECT_CONSISTENCY, SUBJECT_ANCHOR, encode, batch)
-            )
-        except WeightsMissing as e:
-            self.skipped[SUBJECT_CONSISTENCY.name] = self.skipped[SUBJECT_ANCHOR.name] = str(e)
-        try:
-            b32 = locate(weights_dir, CLIP_VITB32)
-            encode_b32 = clip_encoder(load_clip_vision(b32).to(device))
-            self.provenance.update(_record(b32))
-            self._factories.append(
-                lambda: ConsistencyMetric(BACKGROUND_CONSISTENCY, BACKGROUND_ANCHOR, encode_b32, batch)
-            )
-        except WeightsMissing as e:
-            self.skipped[BACKGROUND_CONSISTENCY.name] = self.skipped[BACKGROUND_ANCHOR.name] = str(e)
-        try:
-            l14, head = locate(weights_dir, CLIP_VITL14), locate(weights_dir, LAION_AESTHETIC)
-            clip_l14, head_module = load_clip_vision(l14).to(device), load_aesthetic_head(head).to(device)
-            self.provenance.update({**_record(l14), **_record(head)})
-            self._factories.append(lambda: AestheticMetric(clip_l14, head_module, batch))
-        except WeightsMissing as e:
-            self.skipped[AESTHETIC_QUALITY.name] = str(e)
+        self._factories: list[Callable[[float, TextFor | None], object | None]] = []
+        self._weights_dir = weights_dir
+        self._try((SUBJECT_CONSISTENCY, SUBJECT_ANCHOR), (DINO_VITB16,), self._dino)
+        self._try((BACKGROUND_CONSISTENCY, BACKGROUND_ANCHOR), (CLIP_VITB32,), self._clip_b32)
+        self._try((AESTHETIC_QUALITY,), (CLIP_VITL14, LAION_AESTHETIC), self._aesthetic)
+        self._try((IMAGING_QUALITY,), (MUSIQ_SPAQ,), self._musiq)
+        self._try((DYNAMIC_DEGREE,), (RAFT_THINGS,), self._raft)
+        self._try((MOTION_SMOOTHNESS,), (AMT_S,), self._amt)
+        self._try((OVERALL_CONSISTENCY,), (VICLIP_L14, CLIP_BPE_VOCAB), self._viclip)
 
-    def fresh_metrics(self) -> list:
-        return [make() for make in self._factories]
+    def _try(self, specs, sources, build) -> None:
+        try:
+            located = [locate(self._weights_dir, s) for s in sources]
+        except WeightsMissing as e:
+            self.skipped.update({spec.name: str(e) for spec in specs})
+            return
+        self._factories.append(build(*located))
+        for item in located:
+            self.provenance.update(_record(item))
+
+    def _dino(self, dino):
+        encode = dino_encoder(load_dino(dino).to(self.device))
+        return lambda fps, text: ConsistencyMetric(SUBJECT_CONSISTENCY, SUBJECT_ANCHOR, encode, self.batch)
+
+    def _clip_b32(self, b32):
+        encode = clip_encoder(load_clip_vision(b32).to(self.device))
+        return lambda fps, text: ConsistencyMetric(BACKGROUND_CONSISTENCY, BACKGROUND_ANCHOR, encode, self.batch)
+
+    def _aesthetic(self, l14, head):
+        clip_l14, head_module = load_clip_vision(l14).to(self.device), load_aesthetic_head(head).to(self.device)
+        return lambda fps, text: AestheticMetric(clip_l14, head_module, self.batch)
+
+    def _musiq(self, located):
+        from memrope.eval.nets.musiq import load_musiq
+
+        model = load_musiq(located.path).to(self.device)
+        return lambda fps, text: ImagingQualityMetric(model, fps, self.batch)
+
+    def _raft(self, located):
+        from memrope.eval.nets.raft import load_raft
+
+        model = load_raft(located.path).to(self.device)
+        return lambda fps, text: DynamicDegreeMetric(model, fps)
+
+    def _amt(self, located):
+        from memrope.eval.nets.amt import load_amt_s
+
+        model = load_amt_s(located.path).to(self.device)
+        return lambda fps, text: MotionSmoothnessMetric(model)
+
+    def _viclip(self, weights, vocab):
+        from memrope.eval.nets.viclip import load_tokenizer, load_viclip
+
+        model, tokenizer = load_viclip(weights.path).to(self.device), load_tokenizer(vocab.path)
+        return lambda fps, text: None if text is None else OverallConsistencyMetric(model, tokenizer, text, fps)
+
+    def fresh_metrics(self, fps: float = 16.0, text_for: TextFor | None = None) -> list:
+        return [m for make in self._factories if (m := make(fps, text_for)) is not None]
+
+    def video_skips(self, text_for: TextFor | None) -> dict[str, str]:
+        """Metrics skipped for one video although their weights are present (overall consistency without text)."""
+        if text_for is None and OVERALL_CONSISTENCY.name not in self.skipped:
+            return {OVERALL_CONSISTENCY.name: NO_TEXT}
+        return {}
 
 
 NETWORK_SPECS = (
@@ -286,4 +340,8 @@ NETWORK_SPECS = (
     BACKGROUND_CONSISTENCY,
     BACKGROUND_ANCHOR,
     AESTHETIC_QUALITY,
+    IMAGING_QUALITY,
+    DYNAMIC_DEGREE,
+    MOTION_SMOOTHNESS,
+    OVERALL_CONSISTENCY,
 )

@@ -25,13 +25,16 @@ from torch import nn
 
 from ..cache.base import KVCache
 from ..cache.plan import CacheGeometry
+from ..cache.split import Stage
 from ..rope import Rope3D, apply_rope
 from .lora_linear import LoraLinear
 from .wan_config import WanConfig
 from .wan_fused import (
+    EAGER,
     BlockLora,
     BlockModulation,
     FusedBlock,
+    FusedKernels,
     FusedLora,
     FusedParams,
     block_forward,
@@ -227,6 +230,8 @@ class WanModel(nn.Module):
         self.head = WanHead(cfg)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_max_positions)
         self._fused: tuple[tuple, FusedParams] | None = None  # memo of fused_params(): derived, not state
+        self._stages: list[Stage] | None = None  # blocks over devices (split_blocks); None: one device
+        self._stage_params: dict[tuple[int, str], FusedParams] = {}  # fused params with per-device constants
 
     # ----------------------------------------------------------------- shapes
     def grid_for(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -242,6 +247,48 @@ class WanModel(nn.Module):
                              head_dim=self.config.head_dim, grid=self.grid_for(latent_hw),
                              chunk_frames=chunk_frames, dtype=p.dtype, device=p.device)
 
+    # ----------------------------------------------------------------- blocks over devices
+    def split_blocks(self, devices: list[torch.device], boundaries: list[int] | None = None) -> None:
+        """Run the blocks on several devices: block ``boundaries[j - 1] .. boundaries[j] - 1`` on
+        ``devices[j]`` (default: equal halves). The embeddings stay with the first blocks, the head goes
+        with the last (the MemRoPE reference's 2-GPU map). The cache follows (``cache.split``).
+
+        Pipelining: a pass must run through all blocks before the next pass starts, so within a chunk
+        the devices take turns. Across chunks, the next chunk's first pass on the first device needs
+        only that device's layers of the commit pass; the generator synchronises with the first device
+        only, so the second finishes the commit while the first begins the next chunk (one half-pass
+        of overlap per chunk; the decoder, on the second device by default, overlaps as usual)."""
+        n = self.config.num_layers
+        if len(devices) < 2:
+            raise ValueError(f"--split-blocks needs two or more devices, got {len(devices)}")
+        if boundaries is None:
+            boundaries = [round(n * j / len(devices)) for j in range(1, len(devices))]
+        edges = [0, *boundaries, n]
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"--split-blocks: {len(devices)} devices cannot share {n} blocks at {boundaries}")
+        for j, device in enumerate(devices):
+            for i in range(edges[j], edges[j + 1]):
+                self.blocks[i].to(device)
+        self.head.to(devices[-1])
+        self._fused = None  # submodules moved without WanModel._apply: drop the binding
+        self._stage_params = {}
+        self._stages = [Stage(edges[j], edges[j + 1], torch.device(d)) for j, d in enumerate(devices)]
+
+    def stages(self) -> list[Stage]:
+        """Which layers run where: one stage on the parameters' device unless :meth:`split_blocks`."""
+        if self._stages is not None:
+            return list(self._stages)
+        return [Stage(0, self.config.num_layers, next(self.parameters()).device)]
+
+    def _params_on(self, fp: FusedParams, first: int, device: torch.device) -> FusedParams:
+        """``fp`` with its shared constant on ``device`` (the blocks' weights are there already)."""
+        if fp.eps_norm.device == device:
+            return fp
+        key = (first, str(device))
+        if key not in self._stage_params or self._stage_params[key].blocks is not fp.blocks:
+            self._stage_params[key] = fp._replace(eps_norm=fp.eps_norm.to(device))
+        return self._stage_params[key]
+
     # ----------------------------------------------------------------- text, once per prompt
     def encode_text(self, context: torch.Tensor) -> TextContext:
         """context: [B, text_len, text_dim] umT5 states, zero past each prompt's length."""
@@ -251,7 +298,7 @@ class WanModel(nn.Module):
                              f"{list(context.shape)}")
         p = next(self.parameters())
         ctx = self.text_embedding(context.to(device=p.device, dtype=p.dtype))  # [B, Lt, dim]
-        pairs = [blk.cross_attn.project_text(ctx) for blk in self.blocks]
+        pairs = [blk.cross_attn.project_text(ctx.to(blk.modulation.device)) for blk in self.blocks]
         return TextContext(k=[k for k, _ in pairs], v=[v for _, v in pairs])
 
     # ----------------------------------------------------------------- time, once per timestep
@@ -270,8 +317,8 @@ class WanModel(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t.flatten()).to(p.dtype))
         e = e.unflatten(0, (b, f)).float()  # [B, F or 1, dim]
         e0 = self.time_projection(e.to(p.dtype)).unflatten(-1, (6, cfg.dim)).float()  # [B, F or 1, 6, dim]
-        head_shift, head_scale = self.head.modulation_for(e)
-        blocks = tuple(block.modulation_for(e0) for block in self.blocks)
+        head_shift, head_scale = self.head.modulation_for(e.to(self.head.modulation.device))
+        blocks = tuple(block.modulation_for(e0.to(block.modulation.device)) for block in self.blocks)
         fused = fused_head = None
         if f == 1:  # every frame shares the step: the fused path's shapes, made once here
             fused = tuple(BlockModulation(*fused_modulation(*m)) for m in blocks)
@@ -284,6 +331,8 @@ class WanModel(nn.Module):
         """``to()``, ``half()``, ``cuda()``... swap parameter data without moving their versions, so
         the fused binding is dropped here rather than trusted."""
         self._fused = None
+        self._stages = None  # a move of the whole model puts every block on one device
+        self._stage_params = {}
         return super()._apply(fn, recurse)
 
     def fused_params(self) -> FusedParams | None:
@@ -353,13 +402,15 @@ class WanModel(nn.Module):
 
     # ----------------------------------------------------------------- one pass over a chunk
     def forward(self, x: torch.Tensor, t: torch.Tensor | Conditioning, text: TextContext, cache: KVCache,
-                commit: bool = False, fused: FusedParams | None | bool = True) -> torch.Tensor:
+                commit: bool = False, fused: FusedParams | None | bool = True,
+                kernels: FusedKernels = EAGER) -> torch.Tensor:
         """x: [B, C, F, H, W] latents at noise level t ([B] or [B, F], or its precomputed
         :class:`Conditioning`); returns the velocity, same shape.
 
         ``fused``: True binds the fused path's parameters here (:meth:`fused_params`), a
         :class:`FusedParams` uses those (a caller that binds once per chunk), False or None runs
-        the module path. The fused path runs only for a step shared by all frames."""
+        the module path. The fused path runs only for a step shared by all frames, with ``kernels``
+        (eager, or compiled: :func:`memrope.models.wan_fused.compiled_kernels`)."""
         plan = cache.plan
         if plan is None:
             raise RuntimeError("call cache.begin_chunk() before running the model on a chunk")
@@ -375,17 +426,30 @@ class WanModel(nn.Module):
             raise ValueError(f"latent grid {grid} does not match the cache's {cache.geometry.grid}")
         x = cast(x, self.patch_embedding.weight.dtype)
         fp = self.fused_params() if fused is True else (fused or None)
+        parts = cache.parts()  # (first layer, cache) per device: one unless the blocks are split
         if fp is not None and cond.fused is not None:
             h = patch_embed(fp, x)  # [B, F*h*w, dim]
-            for i, p in enumerate(fp.blocks):
-                h = block_forward(p, cond.fused[i], fp, h, text.k[i], text.v[i], cache, i, commit)
+            for first, part in parts:
+                h = h.to(part.geometry.device)  # the hidden state moves to the next device (a no-op on one)
+                stage_fp = self._params_on(fp, first, h.device)
+                for j in range(part.geometry.num_layers):
+                    i = first + j
+                    h = block_forward(fp.blocks[i], cond.fused[i], stage_fp, h, text.k[i], text.v[i], part, j,
+                                      commit, kernels)
             out = head_forward(fp, *cond.fused_head, h)
         else:
             h = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, dim, F, h, w] -> [B, F*h*w, dim]
-            for i, block in enumerate(self.blocks):
-                h = block(h, cond.blocks[i], n_frames, text.k[i], text.v[i], cache, i, commit)
+            for first, part in parts:
+                h = h.to(part.geometry.device)
+                for j in range(part.geometry.num_layers):
+                    i = first + j
+                    h = self.blocks[i](h, cond.blocks[i], n_frames, text.k[i], text.v[i], part, j, commit)
             out = self.head(h, cond, n_frames)  # [B, F*h*w, out_dim * pt*ph*pw]
-        return self.unpatchify(out, n_frames, grid)
+        out = self.unpatchify(out, n_frames, grid)
+        # Over split blocks a commit pass's output (never read) stays on the last device: copying it
+        # back would make the first device wait for the second, which instead finishes the commit
+        # while the first starts the next chunk (the pipelining of ``split_blocks``).
+        return out if commit else out.to(x.device)
 
     def unpatchify(self, x: torch.Tensor, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
         pt, ph, pw = self.config.patch

@@ -23,6 +23,7 @@ from .bundle import BundleOptions, ModelBundle
 from .checkpoints import load_transformer
 from .pixels import DEFAULT_PIXELS
 from .prompt_cache import PromptEmbeddingCache, encode_prompts_cached
+from .taehv import TAEW21_FILE, TAEHVStreamingDecoder
 from .text import (
     DIFFUSERS_TEXT_ENCODER,
     DIFFUSERS_TOKENIZER,
@@ -209,8 +210,12 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
         raise ValueError("--model longlive needs --lora lora.pt (the base alone is not the released generator)")
     folder = WanFolder.inspect(options.wan_dir)
     fallback = read_dit_config(folder.dit_config) if folder.dit_config else None
-    # The VAE first: it is small, and a bad --height/--width fails before the transformer is read.
-    decoder = folder.decoder(decode_device or device, dtype, options.pixels)
+    # The decoder first: it is small, and a bad --height/--width fails before the transformer is read.
+    if options.decoder == "taehv":
+        weights = options.decoder_weights or folder.root / TAEW21_FILE
+        decoder = TAEHVStreamingDecoder.from_file(weights, decode_device or device, dtype, options.pixels)
+    else:
+        decoder = folder.decoder(decode_device or device, dtype, options.pixels)
     latent_size(options.height, options.width, decoder.spatial_factor, patch=(1, 1, 1))
     model = load_transformer(
         options.model,
@@ -236,6 +241,7 @@ def load_wan_bundle(options: BundleOptions, device: torch.device, dtype: torch.d
     text = CachedPromptEncoder(folder.text_encoder_factory(device, cfg.text_len), cache_dir, cfg.text_dim)
     parts = Path(options.checkpoint).name + (f" + {Path(options.lora).name} ({options.lora_mode})"
                                              if options.lora else "")
+    parts += "; TAEHV decoder" if options.decoder == "taehv" else ""
     size = next((name for name, named in WAN_CONFIGS.items() if named == cfg), f"{cfg.dim}x{cfg.num_layers}")
     return ModelBundle(
         model=model,

@@ -21,12 +21,13 @@ so in bf16 this path rounds once where Wan rounds twice; in fp32 the two paths a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from ..rope import apply_rope
+from ..rope import RopeFreqs, apply_rope
 
 if TYPE_CHECKING:
     from ..cache.base import KVCache
@@ -167,30 +168,85 @@ def gate_residual(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Te
     return cast(torch.addcmul(fp32(x), fp32(y), g), x.dtype)
 
 
-def block_forward(p: FusedBlock, m: BlockModulation, fp: FusedParams, x: torch.Tensor, text_k: torch.Tensor,
-                  text_v: torch.Tensor, cache: KVCache, layer_idx: int, commit: bool) -> torch.Tensor:
-    """One Wan block on x [B, L, dim]; the same contract as ``WanBlock.forward``."""
+def rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`~memrope.rope.apply_rope` in real arithmetic, (x0 cos - x1 sin, x1 cos + x0 sin) per pair:
+    what the compiled kernels use (inductor fuses it into one loop; complex views it does not lower)."""
+    pairs = fp32(x).unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]  # [1, L, 1, D/2]
+    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).to(x.dtype)
+
+
+def attention_inputs(p: FusedBlock, shift1: torch.Tensor, scale1: torch.Tensor, x: torch.Tensor,
+                     freqs: RopeFreqs, heads: int, head_dim: int, eps: float, eps_norm: torch.Tensor,
+                     real_rope: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The block up to the cache: x [B, L, dim] -> (q and k normalised and rotated [B, L, 2H, D],
+    q and k normalised, unrotated [B, L, 2H, D], v [B, L, H, D]); q heads first, then k heads."""
     b, n, dim = x.shape
-    heads, hd, eps = fp.heads, fp.head_dim, fp.eps
+    qkv = linear(norm_modulate(x, shift1, scale1, eps), p.w_qkv, p.b_qkv, p.lora.qkv)  # [B, L, 3 dim]
+    qk = rms_norm_fused(qkv[..., :2 * dim].unflatten(-1, (2, dim)), p.w_qk_norm, eps_norm)  # [B, L, 2, dim]
+    qk = qk.view(b, n, 2 * heads, head_dim)
+    v = qkv[..., 2 * dim:].view(b, n, heads, head_dim)  # [B, L, H, D]
+    qk_rot = rope_pairs(qk, freqs.cos, freqs.sin) if real_rope else apply_rope(qk, freqs)
+    return qk_rot, qk, v
+
+
+def attention_output(p: FusedBlock, m: BlockModulation, x: torch.Tensor, q_rot: torch.Tensor,
+                     k_ctx: torch.Tensor, v_ctx: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor,
+                     heads: int, head_dim: int, eps: float, eps_norm: torch.Tensor) -> torch.Tensor:
+    """The block from its attention context on: self-attention, cross-attention, feed-forward."""
+    b, n, dim = x.shape
     lo = p.lora
-    qkv = linear(norm_modulate(x, m.shift1, m.scale1, eps), p.w_qkv, p.b_qkv, lo.qkv)  # [B, L, 3 dim]
-    qk = rms_norm_fused(qkv[..., :2 * dim].unflatten(-1, (2, dim)), p.w_qk_norm, fp.eps_norm)  # [B, L, 2, dim]
-    qk = qk.view(b, n, 2 * heads, hd)  # q heads, then k heads
-    v = qkv[..., 2 * dim:].view(b, n, heads, hd)  # [B, L, H, D]
-    qk_rot = apply_rope(qk, cache.query_freqs)  # positions planned once per chunk, shared by all passes
-    k_ctx, v_ctx = cache.update(layer_idx, qk_rot[:, :, heads:], v, k_raw=qk[:, :, heads:], commit=commit,
-                                q_raw=qk[:, :, :heads])
-    y = F.scaled_dot_product_attention(qk_rot[:, :, :heads].transpose(1, 2), k_ctx.transpose(1, 2),
+    y = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_ctx.transpose(1, 2),
                                        v_ctx.transpose(1, 2))  # [B, H, L, D]
     x = gate_residual(x, linear(y.transpose(1, 2).flatten(2), p.w_o, p.b_o, lo.o), m.gate1)
     # text cross-attention (keys and values projected once per prompt)
     c = x if p.w_ln3 is None else cast(F.layer_norm(fp32(x), (dim,), p.w_ln3, p.b_ln3, eps), x.dtype)
-    q = rms_norm_fused(linear(c, p.w_cq, p.b_cq, lo.cq), p.w_cq_norm, fp.eps_norm).view(b, n, heads, hd)
+    q = rms_norm_fused(linear(c, p.w_cq, p.b_cq, lo.cq), p.w_cq_norm, eps_norm).view(b, n, heads, head_dim)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), text_k.transpose(1, 2), text_v.transpose(1, 2))
     x = x + linear(y.transpose(1, 2).flatten(2), p.w_co, p.b_co, lo.co)
     # feed-forward
     h = F.gelu(linear(norm_modulate(x, m.shift2, m.scale2, eps), p.w_ffn1, p.b_ffn1, lo.ffn1), approximate="tanh")
     return gate_residual(x, linear(h, p.w_ffn2, p.b_ffn2, lo.ffn2), m.gate2)
+
+
+class FusedKernels(NamedTuple):
+    """The pure pieces of a pass the cache sits between: eager (:data:`EAGER`) or compiled
+    (:func:`compiled_kernels`). ``real_rope``: rotate with cos/sin arithmetic (compiled kernels)."""
+
+    attention_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    attention_output: Callable[..., torch.Tensor]
+    real_rope: bool = False
+    name: str = "eager"
+
+
+EAGER = FusedKernels(attention_inputs, attention_output)
+
+
+def compiled_kernels(mode: str | None = None) -> FusedKernels:
+    """``torch.compile`` of both pieces (static shapes, whole graphs). Dynamo guards on shapes and
+    dtypes, not on which block's parameters come in, so one graph per piece serves every block; the
+    generator uses them only in the steady state, where every pass of a bounded policy has the same
+    shapes (while the cache fills, the context grows and the eager pieces run instead)."""
+    def compile_(fn: Callable) -> Callable:
+        return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+
+    return FusedKernels(compile_(attention_inputs), compile_(attention_output), real_rope=True,
+                        name=f"compiled ({mode or 'default'})")
+
+
+def block_forward(p: FusedBlock, m: BlockModulation, fp: FusedParams, x: torch.Tensor, text_k: torch.Tensor,
+                  text_v: torch.Tensor, cache: KVCache, layer_idx: int, commit: bool,
+                  kernels: FusedKernels = EAGER) -> torch.Tensor:
+    """One Wan block on x [B, L, dim]; the same contract as ``WanBlock.forward``."""
+    heads = fp.heads
+    qk_rot, qk, v = kernels.attention_inputs(p, m.shift1, m.scale1, x, cache.query_freqs, heads, fp.head_dim,
+                                             fp.eps, fp.eps_norm, kernels.real_rope)
+    # positions planned once per chunk, shared by all passes; the cache returns the whole context
+    k_ctx, v_ctx = cache.update(layer_idx, qk_rot[:, :, heads:], v, k_raw=qk[:, :, heads:], commit=commit,
+                                q_raw=qk[:, :, :heads])
+    return kernels.attention_output(p, m, x, qk_rot[:, :, :heads], k_ctx, v_ctx, text_k, text_v, heads,
+                                    fp.head_dim, fp.eps, fp.eps_norm)
 
 
 def patch_embed(fp: FusedParams, x: torch.Tensor) -> torch.Tensor:
