@@ -149,7 +149,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
     for row in describe_policies():
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "(no options)"
-        print(f"{row['name']}\n    {row['paper']}\n    {defaults}")
+        print(f"{row['name']}\n    {row['paper']}\n    code: {row['source']}\n    {defaults}")
     return 0
 
 

@@ -169,18 +169,18 @@ class StreamingGenerator:
     def switch_prompt(self, text: TextContext, cut: bool = False) -> dict[str, Any]:
         """Change the prompt between chunks; the policy decides what happens to the cache.
 
-        Recaching policies re-encode the frames they keep under the new prompt (clean t=0 passes
-        over the frames' latents, one chunk at a time); others flush or keep (see each policy).
+        Recaching policies re-encode the frames the policy names under the new prompt in one clean
+        t=0 pass over their latents (LongLive's KV recache: the frames attend the kept slots and each
+        other); others flush or keep (see each policy). The cache carries it out through its own
+        protocol (``switch``, ``begin_replay``, one committing pass, ``end_chunk``), whatever its storage.
         """
         self.text = text
         sw = self.cache.switch(cut=cut)
-        frames = list(sw.recache)
-        step = self.config.chunk_frames
-        with torch.no_grad(), self.attention.preferred():
-            for i in range(0, len(frames), step):
-                group = tuple(frames[i:i + step])
-                self.cache.begin_replay(group)
-                latents = torch.cat([self._latents[f] for f in group], dim=2)  # [B, C, g, h, w]
+        frames = tuple(sw.recache)
+        if frames:
+            with torch.no_grad(), self.attention.preferred():
+                self.cache.begin_replay(frames)
+                latents = torch.cat([self._latents[f] for f in frames], dim=2)  # [B, C, len(frames), h, w]
                 self.model(latents, self.conditioning(self.config.sampler.context_t), self.text, self.cache,
                            commit=True, fused=self._fused)
                 self.cache.end_chunk()

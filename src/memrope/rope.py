@@ -45,7 +45,8 @@ def _angles(n_positions: int, dim: int, theta: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RopeFreqs:
-    """cos/sin for a block of tokens, ready to apply: both [tokens, head_dim / 2], fp32."""
+    """cos/sin for a block of tokens, ready to apply: both [tokens, head_dim / 2], fp32, or
+    [tokens, heads, head_dim / 2] when every head has its own frequencies (LoL's RoPE jitter)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
@@ -56,9 +57,11 @@ class RopeFreqs:
 
     @functools.cached_property
     def rotation(self) -> torch.Tensor:
-        """cos + i sin per channel pair, [1, tokens, 1, head_dim / 2], complex64 (complex128 for fp64
-        tables): built once per table (tables are memoised per chunk), so a rotation is one multiply."""
-        return torch.complex(self.cos, self.sin)[None, :, None, :]
+        """cos + i sin per channel pair, [1, tokens, 1 or heads, head_dim / 2], complex64 (complex128
+        for fp64 tables): built once per table (tables are memoised per chunk), so a rotation is one
+        multiply."""
+        table = torch.complex(self.cos, self.sin)
+        return table[None, :, None, :] if table.ndim == 2 else table[None]
 
 
 class Rope3D(torch.nn.Module):
@@ -126,8 +129,8 @@ class Rope3D(torch.nn.Module):
 
 
 def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2]); fp32 math
-    (fp64 for fp64 tables).
+    """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2], or [L, H', D/2] with
+    H a multiple of H'); fp32 math (fp64 for fp64 tables).
 
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) is one complex multiply of x0 + i x1 by
     cos + i sin: one operation on a complex view, not four (tiny shapes are bound by per-operation
@@ -141,25 +144,11 @@ def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
         as_complex = torch.view_as_complex(pairs)
     except RuntimeError:  # strides that split a pair: copy first
         as_complex = torch.view_as_complex(pairs.contiguous())
-    rotated = as_complex * freqs.rotation  # [B, L, H, D/2]
+    rotation = freqs.rotation
+    if rotation.shape[2] not in (1, x.shape[2]):  # per-head tables, heads of several tensors side by side
+        rotation = rotation.repeat(1, 1, x.shape[2] // rotation.shape[2], 1)  # (the fused path's q | k)
+    rotated = as_complex * rotation  # [B, L, H, D/2]
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
-
-
-def shift_time(x: torch.Tensor, delta: torch.Tensor, rope: Rope3D) -> torch.Tensor:
-    """Move already-rotated keys ``x`` [B, L, H, D] by ``delta`` temporal positions ([B, L] or [L] ints).
-
-    Rotations compose, R(p + d) = R(d) R(p), so a key rotated at p becomes the key rotated at
-    p + d by rotating only its temporal channel pairs by d. Spatial channels are untouched, so
-    tokens keep their own (row, col) whatever frame slot they are moved into (Deep Forcing).
-    """
-    mag = delta.abs().to(device=x.device, dtype=torch.long)  # callers bound |delta| by their window
-    sign = torch.sign(delta).to(device=x.device, dtype=torch.float32)
-    rotation = torch.complex(rope.cos_t[mag], rope.sin_t[mag] * sign.unsqueeze(-1))  # [(B,) L, t / 2]
-    if rotation.ndim == 2:
-        rotation = rotation.unsqueeze(0)
-    out = x.clone()
-    _rotate_time_(out, rotation.unsqueeze(2), rope.split[0])  # [B, L, 1, t / 2] over the heads
-    return out
 
 
 def time_shift_rotation(delta: int, rope: Rope3D) -> torch.Tensor:

@@ -34,7 +34,8 @@ def chunk_kv(first: int, layer: int):
 
 
 def run_chunk(cache: KVCache, read_passes: int = 0):
-    """Plan a chunk, run `read_passes` reads with junk K/V, then commit the frames' true K/V."""
+    """Plan a chunk, run `read_passes` reads with junk K/V, then commit the frames' true K/V (their
+    keys doubling as the queries a scoring policy reads)."""
     plan = cache.begin_chunk(CHUNK)
     for _ in range(read_passes):
         for layer in range(LAYERS):
@@ -42,6 +43,6 @@ def run_chunk(cache: KVCache, read_passes: int = 0):
             cache.update(layer, junk, junk, k_raw=junk)
     for layer in range(LAYERS):
         k, v = chunk_kv(plan.first_frame, layer)
-        cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True)
+        cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True, q_raw=k)
     cache.end_chunk()
     return plan

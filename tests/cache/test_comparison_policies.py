@@ -1,11 +1,15 @@
-"""Deep Forcing and infinity-RoPE against hand-computed expectations on tiny tensors."""
+"""The comparison methods' mechanisms against closed forms and brute force on tiny tensors."""
 
+import pytest
 import torch
 
 from memrope.cache import CacheGeometry, KVCache, make_policy
+from memrope.cache.ema import adaptive_alpha
+from memrope.generate import GenerationConfig, StreamingGenerator, json_roundtrip
 from memrope.rope import Rope3D, apply_rope
 
-from .helpers import CHUNK, GRID, HEAD_DIM, HEADS, LAYERS, frame_kv, make_cache, run_chunk
+from ..conftest import TINY_LATENT_HW
+from .helpers import CHUNK, GRID, HEAD_DIM, HEADS, frame_kv, make_cache, run_chunk
 
 FT = GRID[0] * GRID[1]
 
@@ -17,13 +21,12 @@ def test_infinity_rope_reindexes_window_with_queries_at_the_end():
     cache.begin_chunk(CHUNK)
     assert cache.layout() == [("f0", 0), ("f13", 1), ("f14", 2), ("cur15", 3), ("cur16", 4), ("cur17", 5)]
     # every pass sees the unrotated keys rotated at 0..n-1
-    layer = cache.layers[0]
     raw = torch.cat([frame_kv(f, 0)[0] for f in (0, 13, 14)], 1)
     want = apply_rope(raw, cache.rope.freqs(torch.tensor([0, 1, 2]), GRID))
-    assert torch.equal(layer.k[:, :3 * FT], want)
+    assert torch.equal(cache.layers[0].k[:, :3 * FT], want)
 
 
-def test_kv_flush_leaves_exactly_the_sink_and_the_last_frames():
+def test_kv_flush_keeps_the_sink_and_the_last_frames_and_what_exists_before_the_window_fills():
     for keep in (1, 2):
         cache = make_cache("infinity_rope", flush_keep=keep)
         for _ in range(4):
@@ -32,104 +35,138 @@ def test_kv_flush_leaves_exactly_the_sink_and_the_last_frames():
         sw = cache.switch(cut=False)
         assert [s.frame_idx for s in cache.slots] == [0] + before[-keep:]
         assert sw.action == "keep" and sw.recache == ()
-        # the kept frames' values moved to the front slots
-        assert torch.equal(cache.layers[1].v[:, FT:2 * FT], frame_kv(before[-keep], 1)[1])
-        cache.begin_chunk(CHUNK)
-        assert [p for _, p in cache.layout()] == list(range(1 + keep + CHUNK))
+        assert torch.equal(cache.layers[1].v[:, FT:2 * FT], frame_kv(before[-keep], 1)[1])  # moved to the front
+    early = make_cache("infinity_rope")
+    run_chunk(early)
+    early.switch()
+    assert [s.frame_idx for s in early.slots] == [0, 1, 2]  # the release would copy empty buffer slots
 
 
-def test_rope_cut_jumps_by_the_configured_gap_and_stays_bounded():
-    gap = 40
-    cache = make_cache("infinity_rope", cut_gap=gap)
-    for _ in range(3):
-        run_chunk(cache)
-    sw = cache.switch(cut=True)
-    assert sw.pos_shift == gap
-    cache.begin_chunk(CHUNK)
-    assert cache.layout() == [("f0", 0), ("f8", 1), ("cur9", 2 + gap), ("cur10", 3 + gap), ("cur11", 4 + gap)]
-    cache.plan = None  # abandon the planned chunk; run it for real below
-    run_chunk(cache)
-    largest = []
-    for _ in range(6):
-        largest.append(run_chunk(cache).max_frame_pos)
-    assert max(largest) <= 5 + gap  # window - 1 + gap, however long it runs
-    cache.begin_chunk(CHUNK)
-    assert cache.layout()[0] == ("f0", 0)  # the sink survives the cut, before the gap
-
-
-def brute_force_scores(cands, queries, head_dim):
-    """Sum over every query, head and channel of q.k / sqrt(D), one candidate at a time."""
-    out = torch.zeros(cands.shape[1], dtype=torch.float64)
-    for j in range(cands.shape[1]):
-        total = 0.0
-        for q in queries:
-            for i in range(q.shape[1]):
-                total += float((q[0, i].double() * cands[0, j].double()).sum())
-        out[j] = total / head_dim**0.5
-    return out
-
-
-def test_deep_forcing_top_c_equals_brute_force_ranking_and_timeline_is_contiguous():
-    # window 9, sink 2, budget 6, recent 2 -> top-C 2 frames' worth of tokens
-    opts = dict(window=9, sink=2, budget=6, recent=2)
+def deep_forcing_cache(**options) -> tuple[KVCache, Rope3D, CacheGeometry]:
     geo = CacheGeometry(num_layers=1, batch=1, heads=HEADS, head_dim=HEAD_DIM, grid=GRID, chunk_frames=CHUNK)
     rope = Rope3D(HEAD_DIM)
-    cache = KVCache(make_policy("deep_forcing", opts), geo, rope)
+    return KVCache(make_policy("deep_forcing", options), geo, rope), rope, geo
+
+
+def test_deep_forcing_scores_are_the_summed_logits_of_the_last_recent_queries():
+    """Brute force: every candidate's score is the sum over the last 4 frames' queries (the previous
+    commit's last frame at its position, the chunk's at theirs), heads and channels, / (sqrt(D) H)."""
+    cache, rope, geo = deep_forcing_cache()
     gen = torch.Generator().manual_seed(0)
     raw_k, q_of = {}, {}
-
-    def commit(plan):
-        k = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=gen)
-        q = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=gen)
-        v = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=gen)
+    for _ in range(7):  # 21 frames: the next chunk compresses
+        plan = cache.begin_chunk(CHUNK)
+        k, q, v = (torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=gen) for _ in range(3))
         for j, f in enumerate(plan.frame_indices):
             raw_k[f], q_of[f] = k[:, j * FT:(j + 1) * FT], q[:, j * FT:(j + 1) * FT]
-        cache.update(0, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True, q_raw=q)
+        cache.update(0, apply_rope(k, cache.query_freqs), v, commit=True, q_raw=q)
         cache.end_chunk()
-
-    for _ in range(2):  # frames 0-5 at positions 0-5: no compression yet
-        commit(cache.begin_chunk(CHUNK))
-    plan = cache.begin_chunk(CHUNK)  # 6 + 3 = 9 fits the window
-    assert not plan.deferred
-    commit(plan)
-    plan = cache.begin_chunk(CHUNK)  # 9 + 3 > 9: compress at the first pass
-    assert plan.deferred and plan.evicted == (2, 3, 4, 5, 6)
+    plan = cache.begin_chunk(CHUNK)
+    assert plan.deferred and plan.evicted == tuple(range(10, 20))  # between the sink and frame 20
     q_cur = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=gen)
-    # brute force: candidates are frames 2..6 rotated at their slots, queries at the old positions
-    cands = torch.cat([apply_rope(raw_k[f], rope.freqs(torch.tensor([f]), GRID)) for f in range(2, 7)], 1)
-    queries = [apply_rope(q_cur, rope.freqs(torch.tensor([9, 10, 11]), GRID))] + \
-              [apply_rope(q_of[f], rope.freqs(torch.tensor([f]), GRID)) for f in (7, 8)]
-    scores = brute_force_scores(cands, queries, HEAD_DIM)
-    chosen = sorted(scores.topk(2 * FT).indices.tolist())
-    assert cache.policy.scores(cache.layers[0], plan, geo, rope, q_cur)[0].topk(2 * FT).indices.sort().values.tolist() \
-        == chosen
-    junk = torch.zeros(1, CHUNK * FT, HEADS, HEAD_DIM)
-    cache.update(0, junk, junk, k_raw=junk, q_raw=q_cur)  # first read pass: compression happens here
-    assert cache.layout() == [("f0", 0), ("f1", 1), ("selected", 2), ("selected", 3), ("f7", 4), ("f8", 5),
-                              ("cur9", 6), ("cur10", 7), ("cur11", 8)]
-    k = cache.layers[0].k
-    # selected tokens keep their spatial RoPE and sit at temporal positions 2 and 3, in order
-    for j, c in enumerate(chosen):
-        frame, token = 2 + c // FT, c % FT
-        want = apply_rope(raw_k[frame], rope.freqs(torch.tensor([2 + j // FT]), GRID))[:, token]
-        assert torch.allclose(k[:, (2 * FT) + j], want, atol=1e-5)
-    # recent frames 7, 8 re-aligned to positions 4, 5; the sink untouched at 0, 1
-    for frame, pos in ((7, 4), (8, 5), (0, 0), (1, 1)):
-        want = apply_rope(raw_k[frame], rope.freqs(torch.tensor([pos]), GRID))
-        assert torch.allclose(k[:, pos * FT:(pos + 1) * FT], want, atol=1e-5)
+    rot = lambda x, f: apply_rope(x, rope.freqs(torch.tensor(f), GRID)).double()  # noqa: E731
+    queries = [rot(q_cur, [21, 22, 23]), rot(q_of[20], [20])]
+    want = torch.zeros(10 * FT, dtype=torch.float64)
+    for c, f in enumerate(range(10, 20)):
+        key = rot(raw_k[f], [f])[0]  # [FT, H, D]
+        for t in range(FT):
+            want[c * FT + t] = sum(float((q[0] * key[t]).sum()) for q in queries)
+    want /= HEAD_DIM**0.5 * HEADS
+    got = cache.policy.scores(cache.layers[0], plan, geo, rope, q_cur)[0]
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
 
 
-def test_deep_forcing_current_only_scoring_and_constant_size():
-    cache = make_cache("deep_forcing", window=9, sink=2, budget=6, recent=2, score_queries="current")
-    assert cache.layers[0].extra == {}
-    sizes = set()
-    for _ in range(10):
+def test_deep_forcing_compresses_every_other_chunk_keeps_positions_and_moves_the_sink(tiny_model, tiny_text):
+    gen = StreamingGenerator(tiny_model, make_policy("deep_forcing"), tiny_text,
+                             GenerationConfig(latent_hw=TINY_LATENT_HW))
+    frames = [r.stats["cache_frames"] for r in gen.stream(14)]
+    assert frames == [3, 6, 9, 12, 15, 18, 21, 16, 19, 16, 19, 16, 19, 16]
+    assert len({gen.cache.nbytes()}) == 1
+    # The sink's stored keys equal a fresh rotation of its raw keys at its planned positions.
+    cache = make_cache("deep_forcing", compression=False, sink=14)
+    rope = cache.rope
+    for _ in range(9):
+        run_chunk(cache)
+    plan = cache.begin_chunk(CHUNK)
+    assert plan.past_pos[:14] == tuple(range(6, 20))  # t - window = 27 - 21
+    raw = torch.cat([frame_kv(f, 0)[0] for f in range(14)], 1)
+    torch.testing.assert_close(cache.layers[0].k[:, :14 * FT], apply_rope(raw, rope.freqs(torch.arange(6, 20), GRID)),
+                               atol=1e-5, rtol=0)
+
+
+def test_deep_forcing_excludes_a_token_once_it_was_selected_max_reuse_times():
+    cache, rope, geo = deep_forcing_cache(max_reuse=2)
+    q = torch.zeros(1, CHUNK * FT, HEADS, HEAD_DIM)
+    q[..., 2] = 1.0  # queries that read channel 2 only: the slowest temporal pair (0.01 rad per frame)
+    big = torch.zeros(1, CHUNK * FT, HEADS, HEAD_DIM)
+    big[:, 0, :, 2] = 100.0  # frame 12's first token: the best candidate by far
+    kept = []
+    for k in range(16):
         plan = cache.begin_chunk(CHUNK)
-        junk = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM)
-        for layer in range(LAYERS):
-            cache.update(layer, junk, junk, k_raw=junk, q_raw=junk)
-            cache.update(layer, junk, junk, k_raw=junk, q_raw=junk, commit=True)
+        junk = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=torch.Generator().manual_seed(k)) * 0.01
+        keys = big if plan.first_frame == 12 else junk
+        if plan.deferred:
+            cache.update(0, apply_rope(junk, cache.query_freqs), junk, q_raw=q)
+            top = cache.layers[0].v[:, 10 * FT:12 * FT]  # the top-C slots
+            kept.append(bool((top[..., 2] == 100.0).any()))
+        cache.update(0, apply_rope(keys, cache.query_freqs), keys, commit=True, q_raw=q)
         cache.end_chunk()
-        sizes.add(cache.nbytes())
-        assert plan.max_frame_pos <= 8
-    assert len(sizes) == 1
+    assert kept == [True, True, False, False, False]  # compressions at chunks 7, 9, 11, 13, 15: twice, then out
+
+
+def test_lol_heads_get_their_own_temporal_frequencies_and_zero_jitter_is_the_attention_sink(tiny_model, tiny_text):
+    rope = Rope3D(HEAD_DIM)
+    cache = make_cache("lol")
+    freqs = cache.policy.rope_freqs(rope, torch.tensor([5]), cache.geometry)
+    assert freqs.cos.shape == (FT, HEADS, HEAD_DIM // 2)
+    t = rope.split[0] // 2
+    assert len({tuple(freqs.cos[0, h, :t].tolist()) for h in range(HEADS)}) == HEADS  # temporal: per head
+    assert torch.equal(freqs.cos[:, 0, t:], freqs.cos[:, 1, t:])  # spatial: shared
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW)
+    zero = StreamingGenerator(tiny_model, make_policy("lol", {"jitter": 0.0}), tiny_text, config)
+    sink = StreamingGenerator(tiny_model, make_policy("attention_sink"), tiny_text, config)
+    lol = StreamingGenerator(tiny_model, make_policy("lol"), tiny_text, config)
+    for a, b in zip(zero.stream(8), sink.stream(8), strict=True):
+        torch.testing.assert_close(a.latents, b.latents, atol=1e-6, rtol=0)
+    assert not torch.allclose(list(lol.stream(8))[-1].latents, b.latents)
+
+
+def test_ema_sink_is_the_closed_form_average_of_every_evicted_chunk():
+    alpha = 0.6
+    cache = make_cache("ema_sink", alpha=alpha)
+    for _ in range(7):
+        run_chunk(cache)
+    # evictions at chunks 3..6 fold frames 3-5, 6-8, 9-11, 12-14 into sink frames 0-2, token by token
+    for j in range(3):
+        want_k, want_v = frame_kv(j, 1)
+        for first in (3, 6, 9, 12):
+            k, v = frame_kv(first + j, 1)
+            want_k, want_v = alpha * want_k + (1 - alpha) * k, alpha * want_v + (1 - alpha) * v
+        layer = cache.layers[1]
+        torch.testing.assert_close(layer.k_raw[:, j * FT:(j + 1) * FT], want_k, atol=1e-6, rtol=0)
+        torch.testing.assert_close(layer.v[:, j * FT:(j + 1) * FT], want_v, atol=1e-6, rtol=0)
+
+
+def test_adaptive_alpha_spans_a_tenth_to_five_times_alpha_short_with_the_motion():
+    memory = torch.zeros(1, 4, 2, 3)
+    evicted = torch.zeros(1, 4, 2, 3)
+    evicted[0, 1] = 1.0  # position 1 moves most, position 3 half as much, 0 and 2 not at all
+    evicted[0, 3] = 0.5
+    alpha = adaptive_alpha(evicted, memory, 0.1)[0, :, 0, 0]
+    torch.testing.assert_close(alpha, torch.tensor([0.01, 0.5, 0.01, 0.01 + 0.5 * 0.49]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["deep_forcing", "deep_forcing_sink_only", "ema_sink", "lol", "infinity_rope",
+                                    "attention_sink_infinite", "memrope_adaptive", "memrope_switch_reset"])
+def test_a_saved_stream_resumes_bit_for_bit(tiny_model, tiny_text, policy):
+    """Mid-compression-cycle, with a RoPE cut pending: the state (slots with their shifts, reuse counts,
+    kept queries, EMA sink, the clock's cut offset) is complete."""
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW)
+    gen = StreamingGenerator(tiny_model, make_policy(policy), tiny_text, config)
+    list(gen.stream(10))
+    gen.switch_prompt(tiny_text, cut=True)
+    tensors, data = gen.state_dict()
+    resumed = StreamingGenerator(tiny_model, make_policy(policy), tiny_text, config)
+    resumed.load_state_dict(tensors, json_roundtrip(data))  # as a run directory stores it
+    for a, b in zip(gen.stream(16), resumed.stream(16), strict=True):
+        assert torch.equal(a.latents, b.latents) and a.stats["query_pos"] == b.stats["query_pos"]

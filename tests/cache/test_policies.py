@@ -149,6 +149,16 @@ def test_window_and_sink_keep_the_right_frames():
     ("memrope", {"faithful": "maybe"}, "faithful='maybe' is not a valid bool"),
     ("sliding_window", {"window": "x"}, "window='x' is not a valid int"),
     ("attention_sink", {"window": 3, "sink": 3}, "must exceed sink"),
+    ("attention_sink", {"rope": "sideways"}, "rope must be one of \\['absolute', 'relative'\\]"),
+    ("memrope", {"ema_adaptive": "true"}, "ema_adaptive needs per-position memory; set reduction=spatial"),
+    ("memrope", {"switch": "forget"}, "switch must be one of"),
+    ("deep_forcing", {"max_reuse": "-1"}, "sink, recent and max_reuse must be >= 0"),
+    ("deep_forcing", {"budget": 30}, "budget \\(30\\) must not exceed window \\(21\\)"),
+    ("deep_forcing", {"budget": 12}, "budget \\(12\\) must be >= sink \\(10\\) \\+ recent \\(4\\)"),
+    ("infinity_rope", {"cut_position": 2}, "cut_position \\(2\\) must lie after the kept frames"),
+    ("lol", {"jitter": 1.5}, "jitter must be in \\[0, 1\\)"),
+    ("ema_sink", {"alpha": 2}, "alpha must be in \\[0, 1\\]"),
+    ("ema_sink", {"window": 3}, "window \\(3\\) must exceed sink \\(3\\)"),
 ])
 def test_bad_policy_options_say_what_to_change(name, options, message):
     with pytest.raises(ValueError, match=message):
@@ -159,6 +169,10 @@ def test_bad_policy_options_say_what_to_change(name, options, message):
     ("memrope", {"cache_size": 6}, "cache_size \\(6\\) must hold sink \\(3\\) \\+ 2 memory slot"),
     ("sliding_window", {"window": 2}, "window \\(2\\) must hold at least one chunk"),
     ("attention_sink", {"window": 5, "sink": 3}, "must hold one chunk"),
+    ("ema_sink", {"sink": 2}, "the sink \\(2\\) must be one chunk \\(3 frames\\)"),
+    ("ema_sink", {"window": 10}, "the window \\(10\\) whole chunks"),
+    ("deep_forcing", {"recent": 8, "budget": 20}, "recent \\(8\\) must lie between one and two chunks"),
+    ("lol", {"window": 5}, "must hold one chunk"),
 ])
 def test_sizes_that_cannot_hold_a_chunk_are_rejected(name, options, message):
     with pytest.raises(ValueError, match=message):
@@ -169,3 +183,19 @@ def test_every_registered_policy_builds_with_defaults():
     for name in policy_names():
         cache = make_cache(name)
         run_chunk(cache)
+
+
+def test_every_policy_and_preset_names_its_paper_and_the_code_it_follows(capsys):
+    from memrope.cache.registry import PRESETS, describe_policies
+    from memrope.cli import main
+
+    rows = {row["name"]: row for row in describe_policies()}
+    assert set(rows) == set(policy_names())
+    for name, row in rows.items():
+        assert row["paper"] and row["source"], name
+        if name in PRESETS:
+            assert row["source"].startswith(f"preset of {PRESETS[name].base}: "), name
+    assert "paper only" in rows["lol"]["source"]
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    assert "code: Nizben/Spectral_C@ea9961a" in out and "code: yesiltepe-hidir/infinity-rope@63d7b84" in out

@@ -29,15 +29,31 @@ def test_config_rejects_partial_chunks_and_single_seeds():
 
 
 def test_tiny_run_writes_table_json_and_plots(tmp_path):
-    main(["--policies", "memrope", "memrope_both", "--horizons", "12", "24", "--seeds", "2",
+    main(["--policies", "memrope", "memrope_both", "memrope_switch_reset", "--horizons", "12", "24", "--seeds", "2",
           "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results.json").read_text())
     assert set(result["policies"]) == {"(ground truth)", "(autoencoder round trip)", "memrope"}
-    assert result["aliases"] == {"memrope_both": "memrope"}
+    # identical configuration, or differing only in what happens at a prompt switch (there is none)
+    assert result["aliases"] == {"memrope_both": "memrope", "memrope_switch_reset": "memrope"}
     truth = result["policies"]["(ground truth)"]["horizons"]["24"]
     assert truth["identity"]["first"]["mean"] == 1.0 and truth["off_world"]["last"]["mean"] == 0.0
     assert "| memrope |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "drift_identity.png").stat().st_size > 0
+
+
+def test_runs_split_over_processes_merge_into_one_table(tmp_path):
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "m"
+    main(["--policies", "memrope", "--horizons", "12", "--seeds", "2", "--out", str(a)])
+    main(["--policies", "attention_sink", "--horizons", "12", "--seeds", "2", "--no-references", "--out", str(b)])
+    main(["--merge", str(a), str(b), "--out", str(merged)])
+    result = json.loads((merged / "results.json").read_text())
+    assert list(result["policies"]) == ["(ground truth)", "(autoencoder round trip)", "memrope", "attention_sink"]
+    single = json.loads((b / "results.json").read_text())["policies"]["attention_sink"]
+    assert result["policies"]["attention_sink"] == single
+    assert "| attention_sink |" in (merged / "results.md").read_text()
+    main(["--policies", "memrope", "--horizons", "24", "--seeds", "2", "--out", str(b)])
+    with pytest.raises(ValueError, match="differ in settings"):
+        main(["--merge", str(a), str(b), "--out", str(merged)])
 
 
 def test_the_benchmark_rounds_frames_as_its_ground_truth_is_rendered(monkeypatch):

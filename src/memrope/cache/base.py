@@ -8,8 +8,9 @@ Layout: every layer keeps its context in *slot order*: slot ``i`` covers tokens
 chunk being generated the slots right after it, so attention always reads one contiguous prefix
 (no concatenation, no clone per pass). Keys are held attention-ready (rotated); policies that
 re-index positions (``rotate_at_read``) also keep the unrotated keys and rotate the past once per
-chunk, since positions never change between the passes of a chunk. (``ring.py`` is the
-ring-buffer variant for policies that need no unrotated keys.)
+chunk, since positions never change between the passes of a chunk; for the others, a slot whose
+planned position moves (Deep Forcing's sink) has its stored keys rotated in time by the difference.
+(``ring.py`` is the ring-buffer variant for policies that need no unrotated keys.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..rope import Rope3D, RopeFreqs, apply_rope
-from .plan import ABSOLUTE, BY_SLOT, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
+from ..rope import Rope3D, RopeFreqs, apply_rope, shift_time_, time_shift_rotation
+from .plan import BY_SLOT, FRAME, PER_TOKEN, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
 from .policy import CachePolicy, LayerKV, append_plan
 
 FREQS_MEMO_SIZE = 64  # distinct position tuples whose RoPE tables are kept (bounded policies repeat a few)
@@ -75,6 +76,7 @@ class KVCache:
         self._prepared = [True] * geometry.num_layers
         self._rotated_at: list[int] = []  # position the rotated keys of each slot were made at
         self._freqs: dict[tuple[int, ...], RopeFreqs] = {}  # memo: steady-state positions repeat
+        self._shifts: dict[int, torch.Tensor] = {}  # delta -> its temporal rotation (a few recur)
 
     # ----------------------------------------------------------------- chunk protocol
     def begin_chunk(self, n_frames: int) -> ChunkPlan:
@@ -86,19 +88,28 @@ class KVCache:
         return self._start(self.policy.plan(self.slots, self.clock, n_frames))
 
     def begin_replay(self, frame_indices: tuple[int, ...]) -> ChunkPlan:
-        """Re-encode already generated frames (in order, at most one chunk) after a switch."""
+        """Re-encode already generated frames (consecutive, in order) after a switch, all in one
+        pass: they attend the kept slots and each other (LongLive's recache is one non-causal pass)."""
         self._check_idle()
-        if not 0 < len(frame_indices) <= self.geometry.chunk_frames:
-            raise ValueError(f"replay takes 1..{self.geometry.chunk_frames} frames, got {len(frame_indices)}")
+        room = self.replay_room()
+        if not 0 < len(frame_indices) <= room:
+            raise ValueError(f"replay takes 1..{room} frames (the room left after the kept slots), got "
+                             f"{len(frame_indices)}")
         if list(frame_indices) != list(range(frame_indices[0], frame_indices[0] + len(frame_indices))):
             raise ValueError(f"replayed frames must be consecutive, got {frame_indices}")
-        plan = dataclasses.replace(append_plan(self.policy, self.slots, self.clock, len(frame_indices)),
-                                   first_frame=frame_indices[0], replay=True)
-        new = [Slot(FRAME, f, plan.new_shift) for f in frame_indices]
         n = len(self.slots)
-        plan = dataclasses.replace(plan, query_pos=tuple(self.policy.position_of(n + j, s)
-                                                         for j, s in enumerate(new)))
+        plan = dataclasses.replace(append_plan(self.policy, self.slots, self.clock, len(frame_indices)),
+                                   first_frame=frame_indices[0], replay=True,
+                                   query_pos=tuple(self.policy.position_of(n + j, Slot(FRAME, f))
+                                                   for j, f in enumerate(frame_indices)))
         return self._start(plan)
+
+    def replay_room(self) -> int:
+        """Frames one replay may re-encode: what the cache holds beyond the committed slots (unbounded
+        caches grow)."""
+        if not self.bounded:
+            return self.clock.frames
+        return self.layers[0].capacity_tokens() // self.geometry.frame_tokens - len(self.slots)
 
     def _start(self, plan: ChunkPlan) -> ChunkPlan:
         self.rope.check_positions(plan.max_frame_pos, f"{self.policy.name}: temporal position")
@@ -115,6 +126,8 @@ class KVCache:
             self._move(self._move_indices(plan.sources))
             for layer in self.layers:
                 self.policy.after_compaction(layer, plan, self.geometry)
+        if not self.policy.rotate_at_read:
+            self._reposition(plan)
         if self.policy.rotate_at_read and plan.n_past:
             self._rotate_past(plan)
         self._rotated_at = list(plan.past_pos + plan.query_pos)  # once this chunk commits
@@ -172,14 +185,10 @@ class KVCache:
         """Apply the policy's response to a prompt change; returns it (frames to re-encode)."""
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
-        if self.policy.positions == ABSOLUTE and sw.reset_shifts:
-            raise ValueError(f"{self.policy.name}: absolute-position caches cannot reset shifts")
         if any(dst != src for dst, src in enumerate(sw.keep)) and not self.policy.rotate_at_read \
                 and self.policy.positions == BY_SLOT:
             raise ValueError(f"{self.policy.name}: moving slots would change positions of rotated keys")
         kept = tuple(self.slots[i] for i in sw.keep)
-        if sw.reset_shifts:
-            kept = tuple(s.unshifted() for s in kept)
         self._move(self._move_indices(tuple(sw.keep)))
         self._rotated_at = []  # slots moved: rotate everything again at the next chunk
         self.slots = kept
@@ -328,12 +337,42 @@ class KVCache:
         for layer in self.layers:
             layer.k[:, span] = apply_rope(layer.k_raw[:, span], freqs)
 
+    def _reposition(self, plan: ChunkPlan) -> None:
+        """Keys stored rotated whose planned position differs from the one they carry (Deep Forcing's
+        phase-shifted sink): only their temporal channel pairs are rotated by the difference, once per
+        chunk, grouped by delta and by runs of slots, all layers at once. A slot carries the position
+        its committed slot table gives it (``position_of``), so nothing extra is saved for a resume."""
+        by_delta: dict[int, list[int]] = {}
+        for i, src in enumerate(plan.sources):
+            if src is None or plan.past_pos[i] == PER_TOKEN:
+                continue
+            delta = plan.past_pos[i] - self.policy.position_of(src, self.slots[src])
+            if delta == 0:
+                continue
+            if plan.deferred and src != i:
+                raise RuntimeError(f"{self.policy.name}: a deferred plan moved slot {src} and changed its position")
+            by_delta.setdefault(delta, []).append(i)
+        ft = self.geometry.frame_tokens
+        buffers = [self.stacked["k"]] if self.stacked else [layer.k for layer in self.layers]
+        for delta, slots in by_delta.items():
+            if delta not in self._shifts:
+                self._shifts[delta] = time_shift_rotation(delta, self.rope)
+            for first, end in runs(slots):
+                for k in buffers:  # [layers, B, T, H, D] or [B, T, H, D]
+                    shift_time_(k[..., first * ft:end * ft, :, :], delta, self.rope, self._shifts[delta])
+
     def _freqs_for(self, positions: tuple[int, ...]) -> RopeFreqs:
+        """The RoPE tables of ``positions``, memoised where positions recur (bounded policies that
+        index by slot); absolute positions never recur, so their tables are not kept."""
+        if self.policy.positions != BY_SLOT:
+            device = self.layers[0].k.device
+            return self.policy.rope_freqs(self.rope, torch.tensor(positions, device=device), self.geometry)
         if positions not in self._freqs:
             if len(self._freqs) >= FREQS_MEMO_SIZE:
                 self._freqs.clear()
             device = self.layers[0].k.device
-            self._freqs[positions] = self.rope.freqs(torch.tensor(positions, device=device), self.geometry.grid)
+            self._freqs[positions] = self.policy.rope_freqs(self.rope, torch.tensor(positions, device=device),
+                                                            self.geometry)
         return self._freqs[positions]
 
     def _move_indices(self, sources: tuple[int | None, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -343,6 +382,17 @@ class KVCache:
         sink, typically) is left untouched and only the suffix is copied, once per chunk.
         """
         return slot_moves(sources, self.geometry.frame_tokens, self.layers[0].k.device)
+
+
+def runs(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted slots -> maximal runs [(first, end)) of consecutive slots."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(slots):
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], s + 1)
+        else:
+            out.append((s, s + 1))
+    return out
 
 
 def slot_moves(sources: tuple[int | None, ...], frame_tokens: int,

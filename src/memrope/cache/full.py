@@ -21,6 +21,7 @@ class FullConfig:
 class FullCache(CachePolicy):
     name = "full"
     paper = "causal attention over all past frames (Self-Forcing, arXiv 2506.08009, inside its window)"
+    source = "guandeh17/Self-Forcing@33593df wan/modules/causal_model.py (local_attn_size -1)"
 
     def __init__(self, config: FullConfig | None = None):
         super().__init__(config or FullConfig())

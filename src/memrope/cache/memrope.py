@@ -5,26 +5,28 @@ MemRoPE (Kim, Hu, Kuo, Beerel, arXiv 2603.12513). Once full, the cache of ``cach
     [ sink (S) | long memory | short memory | recent (R) | current chunk (C) ]
 
 and every slot is seen at its slot index as temporal RoPE position, so positions never leave
-``[0, cache_size)`` however long the video runs. When a chunk arrives, the oldest frames of the
-recent FIFO are evicted, reduced to a mean and folded into both memories by exponential moving
-averages (slow ``alpha_long``: identity; fast ``alpha_short``: recent dynamics). Keys are kept
-unrotated (post-RMSNorm) so that averaging them is meaningful - averaging rotated keys would mix
-phases - and RoPE is applied when the chunk is planned.
+``[0, cache_size)``. When a chunk arrives, the oldest recent frames are evicted, reduced to a mean
+and folded into both memories by exponential moving averages (``alpha_long``: identity;
+``alpha_short``: recent dynamics) of unrotated keys (``ema.py``) and values.
 
-Options and deviations from the reference code, all deliberate:
+Followed: YoungRaeKimm/MemRoPE@b89bf5b ``wan/modules/causal_model.py`` (``compression_method: ema``),
+``pipeline/causal_inference.py``. Options and deviations from it, all deliberate:
 - ``reduction="global"`` (reference): one mean vector per head and channel over all tokens of the
   evicted frames, broadcast to every position of the memory frame. ``"spatial"``: mean over
   frames only, so each position keeps its own memory.
 - ``ema_dtype="float32"`` (default) keeps the accumulators in fp32: at alpha 0.01 a bf16
   accumulator (``"cache"``, reference) loses most of each update to rounding.
 - ``faithful=True`` reproduces the reference's first eviction, where the frames in the slots that
-  become memory (frames 3 and 4 by default) are overwritten without entering memory. By default
-  they are folded into the first memory value together with the other evicted frames.
-- ``memory`` selects the paper's ablation: ``both``, ``long``, ``short`` or ``none`` (plain sink +
-  FIFO eviction at the same cache size, positions still by slot).
+  become memory (frames 3 and 4) are overwritten unfolded; by default they are folded too.
+- ``memory``: the paper's ablation, ``both``, ``long``, ``short`` or ``none`` (sink + FIFO).
+- ``ema_adaptive=True`` (with ``reduction="spatial"``; the ``memrope_adaptive`` preset) is the
+  reference's adaptive mode, off in its shipped configs: the short memory's alpha varies per
+  position with the evicted keys' motion (``ema.adaptive_alpha``), the long memory's stays uniform.
 - ``sink_gap`` (not in the paper, 0 by default) puts the sink that many positions further back;
   the ``memrope_far_sink`` preset uses it to test why an attention sink at absolute positions keeps
   identity better on the toy world model (README, world benchmark).
+- ``switch`` (the reference has no prompt switch; ``on_switch``): ``recache`` (default),
+  ``reset`` or ``keep``, measured by ``world/switch_benchmark.py``.
 """
 
 from __future__ import annotations
@@ -34,17 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import (
-    BY_SLOT,
-    FRAME,
-    LONG_MEMORY,
-    SHORT_MEMORY,
-    CacheGeometry,
-    ChunkPlan,
-    Clock,
-    Slot,
-    SwitchPlan,
-)
+from .ema import adaptive_alpha, ema_, reduce_evicted
+from .plan import BY_SLOT, FRAME, LONG_MEMORY, SHORT_MEMORY, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 from .policy import CachePolicy, LayerKV, append_plan
 
 MEMORY_MODES: dict[str, tuple[str, ...]] = {
@@ -55,6 +48,7 @@ MEMORY_MODES: dict[str, tuple[str, ...]] = {
 }
 REDUCTIONS = ("global", "spatial")
 EMA_DTYPES = ("float32", "cache")
+SWITCHES = ("recache", "reset", "keep")
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,9 @@ class MemRoPEConfig:
     reduction: str = "global"
     ema_dtype: str = "float32"
     faithful: bool = False
+    ema_adaptive: bool = False  # the reference's per-position, motion-adaptive short memory
     sink_gap: int = 0  # temporal positions inserted after the sink (0: positions = slot index, the paper)
+    switch: str = "recache"  # at a prompt change: recache recent frames / also reset memories / keep all
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_MODES:
@@ -86,6 +82,10 @@ class MemRoPEConfig:
             raise ValueError(f"memrope: cache_size must be >= 1, got {self.cache_size}")
         if self.sink_gap < 0:
             raise ValueError(f"memrope: sink_gap must be >= 0 positions, got {self.sink_gap}")
+        if self.ema_adaptive and self.reduction != "spatial":
+            raise ValueError("memrope: ema_adaptive needs per-position memory; set reduction=spatial")
+        if self.switch not in SWITCHES:
+            raise ValueError(f"memrope: switch must be one of {SWITCHES}, got {self.switch!r}")
 
     @property
     def memory_kinds(self) -> tuple[str, ...]:
@@ -99,6 +99,8 @@ class MemRoPE(CachePolicy):
     name = "memrope"
     recaches_on_switch = True
     paper = "MemRoPE: evolving memory tokens + online RoPE indexing (Kim et al., arXiv 2603.12513)"
+    source = "YoungRaeKimm/MemRoPE@b89bf5b wan/modules/causal_model.py, pipeline/causal_inference.py"
+    switch_options = ("switch",)
     rotate_at_read = True
     positions = BY_SLOT
 
@@ -108,12 +110,10 @@ class MemRoPE(CachePolicy):
 
     # ----------------------------------------------------------------- planning (Python only)
     def gapped_positions(self, shifts: Iterable[int], start: int = 0) -> tuple[int, ...]:
-        """Positions of the slots at context indices ``start, start + 1, ...`` with these position
-        shifts: the slot index plus its shift (``BY_SLOT``), plus ``sink_gap`` after the sink once
-        the cache is full (while it fills, the timeline is the plain one). ``sink_gap`` is a
-        diagnostic that shows the sink to the model as far in the past, as an attention sink at
-        absolute positions does late in a video, while the rest keeps MemRoPE's bounded positions
-        (at most cache_size + sink_gap)."""
+        """Positions of the slots at context indices ``start, start + 1, ...`` with these shifts: the
+        slot index plus its shift (``BY_SLOT``), plus ``sink_gap`` after the sink once the cache is
+        full (the diagnostic shows the sink far in the past, as an attention sink at absolute
+        positions does late in a video)."""
         sink, gap = self.config.sink, self.config.sink_gap
         return tuple(i + shift + (gap if i >= sink else 0) for i, shift in enumerate(shifts, start))
 
@@ -157,20 +157,23 @@ class MemRoPE(CachePolicy):
             past=past,
             sources=sources,
             past_pos=self.gapped_positions(s.shift for s in past),
-            query_pos=self.gapped_positions((clock.pos_shift,) * n_frames, start=len(past)),
+            query_pos=tuple(p + clock.pos_shift for p in self.gapped_positions((0,) * n_frames, len(past))),
             evicted=evicted,
             dropped=dropped,
-            new_shift=clock.pos_shift,
         )
 
     def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
-        """Keep the sink and both memories (the video's identity), re-encode the recent frames
-        under the new prompt (LongLive's recache, which makes the switch take hold at once).
-        Memory tokens are averages of many frames and change slowly by design; re-encoding them
-        is impossible (their source frames are gone) and resetting them would discard identity."""
-        fixed = self.config.sink + sum(1 for s in slots if s.kind != FRAME)
-        fixed = min(fixed, len(slots))
-        return SwitchPlan(keep=tuple(range(fixed)), recache=tuple(s.frame_idx for s in slots[fixed:]))
+        """``recache`` keeps the sink and both memories (the video's identity) and re-encodes the recent
+        frames under the new prompt in one pass, as LongLive recaches (memory tokens average frames that
+        are gone: they cannot be re-encoded); ``reset`` also drops the memories (they restart at the next
+        eviction); ``keep`` changes only the text."""
+        if self.config.switch == "keep":
+            return SwitchPlan(keep=tuple(range(len(slots))))
+        sink = min(self.config.sink, len(slots))
+        memories = tuple(i for i, s in enumerate(slots) if s.kind != FRAME)
+        kept = tuple(range(sink)) + (memories if self.config.switch == "recache" else ())
+        rest = [s for i, s in enumerate(slots) if i >= sink and s.kind == FRAME]
+        return SwitchPlan(keep=kept, recache=tuple(s.frame_idx for s in rest))
 
     # ----------------------------------------------------------------- tensor work (once per chunk)
     def allocate_extra(self, geo: CacheGeometry) -> dict[str, torch.Tensor]:
@@ -195,27 +198,32 @@ class MemRoPE(CachePolicy):
             return
         ft = geo.frame_tokens
         lo, hi = folded[0], folded[-1] + 1  # evicted frames are contiguous slots
-        for part, src in (("k", layer.k_raw), ("v", layer.v)):
-            frames = src[:, lo * ft : hi * ft].unflatten(1, (hi - lo, ft))  # [B, m, ft, H, D]
-            acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_{part}"].dtype
-            self._fold(layer, plan, part, reduce_evicted(frames.to(acc_dtype), self.config.reduction))
+        acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
+        e_k, e_v = (reduce_evicted(src[:, lo * ft:hi * ft].unflatten(1, (hi - lo, ft)).to(acc_dtype),
+                                   self.config.reduction)  # [B, m, ft, H, D] -> [B, 1 or ft, H, D]
+                    for src in (layer.k_raw, layer.v))
+        self._fold(layer, plan, e_k, e_v)
 
     def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
         if not self.config.memory_kinds:
             return
         acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
-        for part, mean in (("k", k_means), ("v", v_means)):  # [B, 1, H, D]: the evicted frames' mean
-            self._fold(layer, plan, part, mean if mean.dtype == acc_dtype else mean.to(acc_dtype))
+        self._fold(layer, plan, k_means.to(acc_dtype), v_means.to(acc_dtype))  # [B, 1, H, D] each
 
-    def _fold(self, layer: LayerKV, plan: ChunkPlan, part: str, e: torch.Tensor) -> None:
+    def _fold(self, layer: LayerKV, plan: ChunkPlan, e_k: torch.Tensor, e_v: torch.Tensor) -> None:
         # The FIFO starts right after the sink only while no memory slot exists: first eviction.
         first = plan.evicted[0] == self.config.sink
         for kind in self.config.memory_kinds:
-            mem = layer.extra[f"{kind}_{part}"]
+            mem_k, mem_v = layer.extra[f"{kind}_k"], layer.extra[f"{kind}_v"]
             if first:
-                mem.copy_(e)
-            else:
-                mem.lerp_(e, self.config.alpha(kind))  # mem <- a e + (1 - a) mem
+                mem_k.copy_(e_k)
+                mem_v.copy_(e_v)
+                continue
+            alpha = self.config.alpha(kind)
+            if self.config.ema_adaptive and kind == SHORT_MEMORY:
+                alpha = adaptive_alpha(e_k, mem_k, alpha)  # from the keys before they move
+            ema_(mem_k, e_k, alpha)
+            ema_(mem_v, e_v, alpha)
 
     def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         return layer.extra[f"{kind}_k"], layer.extra[f"{kind}_v"]
@@ -231,12 +239,3 @@ class MemRoPE(CachePolicy):
                 mem = layer.extra[f"{slot.kind}_{part}"]  # [B, 1 or ft, H, D]
                 dst[:, slot_idx * ft : (slot_idx + 1) * ft] = mem.expand(-1, ft, -1, -1)
 
-
-def reduce_evicted(frames: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce evicted frames [B, m, ft, H, D] to one memory value.
-
-    ``global``: mean over frames and tokens -> [B, 1, H, D]; ``spatial``: over frames -> [B, ft, H, D].
-    """
-    if reduction == "global":
-        return frames.mean(dim=(1, 2)).unsqueeze(1)
-    return frames.mean(dim=1)

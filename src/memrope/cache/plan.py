@@ -18,15 +18,20 @@ FRAME = "frame"
 LONG_MEMORY = "long"
 SHORT_MEMORY = "short"
 SELECTED = "selected"  # tokens picked from several frames (Deep Forcing's top-C)
-SLOT_KINDS = (FRAME, LONG_MEMORY, SHORT_MEMORY, SELECTED)
+EMA_SINK = "ema_sink"  # a sink frame that evicted frames are averaged into (Reward Forcing's EMA-Sink)
+SLOT_KINDS = (FRAME, LONG_MEMORY, SHORT_MEMORY, SELECTED, EMA_SINK)
 ABSOLUTE = "absolute"  # a frame is seen at its own index, as the base models do
 BY_SLOT = "slot"  # a frame is seen at its index in the context: positions stay bounded
+PER_TOKEN = -1
+"""``past_pos`` of a slot whose tokens keep positions of their own (Deep Forcing's top-C tokens keep
+the positions of the frames they were picked from): no single position describes the slot."""
 
 
 @dataclass(frozen=True)
 class Slot:
     """What one cache slot holds: a clean frame (with its ``frame_idx``), a memory token or
-    selected tokens. ``shift`` is a temporal offset added to the slot's position (a RoPE cut)."""
+    selected tokens. ``shift`` is a temporal offset added to the slot's position (Deep Forcing's
+    phase-shifted sink)."""
 
     kind: str
     frame_idx: int | None = None
@@ -40,9 +45,6 @@ class Slot:
 
     def label(self) -> str:
         return f"f{self.frame_idx}" if self.kind == FRAME else self.kind
-
-    def unshifted(self) -> Slot:
-        return Slot(self.kind, self.frame_idx)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,6 @@ class ChunkPlan:
     dropped: tuple[int, ...] = ()
     deferred: bool = False  # compaction needs the chunk's queries: done at each layer's first pass
     replay: bool = False  # re-encoding frames already generated (prompt-switch recache): no clock advance
-    new_shift: int = 0  # temporal offset of the frames this chunk adds
 
     def __post_init__(self) -> None:
         if not (len(self.past) == len(self.sources) == len(self.past_pos)):
@@ -117,14 +118,14 @@ class SwitchPlan:
     """What a policy does to its cache when the prompt changes.
 
     ``keep``: previous slots kept, in order. ``recache``: frames (by ``frame_idx``) whose K/V must
-    be recomputed under the new prompt and appended after the kept slots (LongLive's KV recache).
-    ``pos_shift``: temporal offset of frames generated from now on (infinity-RoPE's RoPE cut).
+    be recomputed under the new prompt, in one pass, and appended after the kept slots (LongLive's
+    KV recache). ``pos_shift``: temporal offset of the next chunk's queries (infinity-RoPE's RoPE
+    cut; the chunk after it is planned as usual).
     """
 
     keep: tuple[int, ...]
     recache: tuple[int, ...] = ()
     pos_shift: int = 0
-    reset_shifts: bool = False  # kept slots lose their offsets (a cut starts a new timeline)
 
     @property
     def action(self) -> str:
@@ -137,7 +138,8 @@ class SwitchPlan:
 class Clock:
     """Where the stream is; plain ints so that planning never touches the device.
 
-    ``pos_shift`` is the temporal offset given to newly generated frames (non-zero after a cut).
+    ``pos_shift`` is a temporal offset of the next chunk's query positions, set by a RoPE cut and
+    consumed by that chunk (zero otherwise).
     """
 
     chunks: int = 0
@@ -150,8 +152,9 @@ def frame_slot(frame_idx: int) -> Slot:
 
 
 def after_chunk(plan: ChunkPlan, clock: Clock) -> tuple[tuple[Slot, ...], Clock]:
-    """Slot table and clock once ``plan``'s chunk is committed: the chunk joins the past."""
-    slots = plan.past + tuple(Slot(FRAME, i, plan.new_shift) for i in plan.frame_indices)
+    """Slot table and clock once ``plan``'s chunk is committed: the chunk joins the past (a replay
+    re-encodes frames already counted, so the clock stays; a generated chunk consumes ``pos_shift``)."""
+    slots = plan.past + tuple(Slot(FRAME, i) for i in plan.frame_indices)
     if plan.replay:
         return slots, clock
-    return slots, Clock(chunks=clock.chunks + 1, frames=clock.frames + plan.n_frames, pos_shift=clock.pos_shift)
+    return slots, Clock(chunks=clock.chunks + 1, frames=clock.frames + plan.n_frames)

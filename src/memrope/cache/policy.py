@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..rope import Rope3D
+from ..rope import Rope3D, RopeFreqs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 
 
@@ -56,9 +56,11 @@ class CachePolicy(ABC):
 
     name: ClassVar[str]
     paper: ClassVar[str]
+    source: ClassVar[str]  # the released code followed (owner/repo@commit files), or that only the paper was
     rotate_at_read: ClassVar[bool] = False
     positions: ClassVar[str] = "absolute"  # ABSOLUTE (frame index) or BY_SLOT (context index)
     recaches_on_switch: ClassVar[bool] = False  # on_switch may ask for frames to be re-encoded
+    switch_options: ClassVar[tuple[str, ...]] = ()  # config fields that matter only at a prompt switch
 
     @property
     def ring_storage(self) -> bool:
@@ -99,6 +101,11 @@ class CachePolicy(ABC):
     def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         """Tensor work on the new layout (e.g. write memory tokens into their slots)."""
 
+    def rope_freqs(self, rope: Rope3D, positions: torch.Tensor, geo: CacheGeometry) -> RopeFreqs:
+        """RoPE tables of frames at ``positions`` ([F] ints): the model's own, unless a policy changes
+        the frequencies themselves (LoL's per-head jitter)."""
+        return rope.freqs(positions, geo.grid)
+
     def position_of(self, index: int, slot: Slot) -> int:
         """Temporal RoPE position of ``slot`` sitting at ``index`` of the context."""
         if self.positions == ABSOLUTE:
@@ -126,7 +133,6 @@ class CachePolicy(ABC):
 def append_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_frames: int) -> ChunkPlan:
     """Plan that keeps every committed slot in place and appends the new chunk after it."""
     n = len(slots)
-    new = [Slot(FRAME, clock.frames + j, clock.pos_shift) for j in range(n_frames)]
     return ChunkPlan(
         chunk_index=clock.chunks,
         first_frame=clock.frames,
@@ -134,6 +140,12 @@ def append_plan(policy: CachePolicy, slots: tuple[Slot, ...], clock: Clock, n_fr
         past=slots,
         sources=tuple(range(n)),
         past_pos=tuple(policy.position_of(i, s) for i, s in enumerate(slots)),
-        query_pos=tuple(policy.position_of(n + j, s) for j, s in enumerate(new)),
-        new_shift=clock.pos_shift,
+        query_pos=new_positions(policy, n, clock, n_frames),
     )
+
+
+def new_positions(policy: CachePolicy, index: int, clock: Clock, n_frames: int) -> tuple[int, ...]:
+    """Positions of the chunk's frames placed at context index ``index`` on, plus the clock's
+    one-chunk ``pos_shift`` (a RoPE cut)."""
+    return tuple(policy.position_of(index + j, Slot(FRAME, clock.frames + j)) + clock.pos_shift
+                 for j in range(n_frames))

@@ -54,6 +54,7 @@ class ReferenceStyle(CachePolicy):
         self.paper = f"reference-style costs (clone, fp64 re-rotation, host syncs per pass) of: {inner.paper}"
         self.positions = inner.positions
         self.recaches_on_switch = inner.recaches_on_switch
+        self.source = inner.source
 
     def capacity_frames(self, chunk_frames: int) -> int | None:
         return self.inner.capacity_frames(chunk_frames)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .attention_sink import AttentionSink, AttentionSinkConfig
 from .deep_forcing import DeepForcing, DeepForcingConfig
+from .ema_sink import EMASink, EMASinkConfig
 from .full import FullCache, FullConfig
 from .infinity_rope import InfinityRoPE, InfinityRoPEConfig
+from .lol import LoL, LoLConfig
 from .memrope import MemRoPE, MemRoPEConfig
 from .policy import CachePolicy
 from .sliding_window import SlidingWindow, SlidingWindowConfig
@@ -26,19 +29,46 @@ POLICIES: dict[str, tuple[type[CachePolicy], type]] = {
     MemRoPE.name: (MemRoPE, MemRoPEConfig),
     DeepForcing.name: (DeepForcing, DeepForcingConfig),
     InfinityRoPE.name: (InfinityRoPE, InfinityRoPEConfig),
+    LoL.name: (LoL, LoLConfig),
+    EMASink.name: (EMASink, EMASinkConfig),
 }
 
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of a policy; ``source`` says where it comes from (its policy's otherwise)."""
+
+    base: str
+    options: dict[str, Any]
+    source: str = ""
+
+
+PRESETS: dict[str, Preset] = {
     # The paper's memory ablation, all at the same cache size (12) and sink (3).
-    "memrope_no_memory": ("memrope", {"memory": "none"}),
-    "memrope_long_only": ("memrope", {"memory": "long"}),
-    "memrope_short_only": ("memrope", {"memory": "short"}),
-    "memrope_both": ("memrope", {"memory": "both"}),
-    # Reproduces the reference code's memory behaviour (frames 3-4 dropped, bf16 accumulators).
-    "memrope_reference": ("memrope", {"faithful": True, "ema_dtype": "cache"}),
+    "memrope_no_memory": Preset("memrope", {"memory": "none"}, "MemRoPE paper ablation: sink + FIFO, slot positions"),
+    "memrope_long_only": Preset("memrope", {"memory": "long"}, "MemRoPE paper ablation: long memory only"),
+    "memrope_short_only": Preset("memrope", {"memory": "short"}, "MemRoPE paper ablation: short memory only"),
+    "memrope_both": Preset("memrope", {"memory": "both"}, "MemRoPE paper ablation: both memories (= memrope)"),
+    # The reference code's memory behaviour (frames 3-4 dropped, bf16 accumulators).
+    "memrope_reference": Preset("memrope", {"faithful": True, "ema_dtype": "cache"},
+                                "YoungRaeKimm/MemRoPE@b89bf5b wan/modules/causal_model.py as shipped"),
+    # The reference code's adaptive mode (ema_adaptive, off in its configs).
+    "memrope_adaptive": Preset("memrope", {"reduction": "spatial", "ema_adaptive": True},
+                               "YoungRaeKimm/MemRoPE@b89bf5b wan/modules/causal_model.py ema_adaptive=True"),
+    # Prompt-switch alternatives to memrope's keep-sink-and-memories (measured by the switch benchmark).
+    "memrope_switch_reset": Preset("memrope", {"switch": "reset"}, "this project: memories reset at a switch"),
+    "memrope_switch_keep": Preset("memrope", {"switch": "keep"}, "this project: nothing re-encoded at a switch"),
     # Diagnostic: the sink seen 1000 positions back (as an attention sink at absolute positions sees
     # it late in a video), everything else as memrope.
-    "memrope_far_sink": ("memrope", {"sink_gap": 1000}),
+    "memrope_far_sink": Preset("memrope", {"sink_gap": 1000}, "this project's diagnostic (world benchmark)"),
+    "deep_forcing_sink_only": Preset("deep_forcing", {"compression": False, "sink": 14},
+                                     "Nizben/Spectral_C@ea9961a DS_inference.sh (--is_ds_only 1, sink 14) "
+                                     "wan/modules/causal_model_DS.py"),
+    "attention_sink_infinite": Preset("attention_sink", {"rope": "relative"},
+                                      "NVlabs/LongLive@2462895 wan/modules/causal_model_infinity.py "
+                                      "(use_infinite_attention: sink + window + re-RoPE)"),
+    "infinity_rope_paper_flush": Preset("infinity_rope", {"flush_keep": 1},
+                                        "infinity-RoPE paper (arXiv 2511.20649): KV Flush keeps the sink + 1 frame"),
 }
 
 
@@ -65,8 +95,8 @@ def make_policy(name: str, options: Mapping[str, Any] | None = None) -> CachePol
     """Build a policy by name (or preset) with options; values may be strings (parsed by type)."""
     opts = dict(options or {})
     if name in PRESETS:
-        base, preset_opts = PRESETS[name]
-        name, opts = base, {**preset_opts, **opts}
+        preset = PRESETS[name]
+        name, opts = preset.base, {**preset.options, **opts}
     if name not in POLICIES:
         raise ValueError(f"unknown cache policy {name!r}; choose one of: {', '.join(policy_names())}")
     cls, config_cls = POLICIES[name]
@@ -91,9 +121,12 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def describe_policies() -> list[dict[str, Any]]:
-    """Every policy and preset with its paper and defaults (for ``memrope policies``)."""
+    """Every policy and preset with its paper, the code it follows and its defaults (``memrope policies``)."""
     rows = []
     for name in policy_names():
         policy = make_policy(name)
-        rows.append({"name": name, "paper": policy.paper, "defaults": dataclasses.asdict(policy.config)})
+        preset = PRESETS.get(name)
+        rows.append({"name": name, "paper": policy.paper,
+                     "source": f"preset of {preset.base}: {preset.source}" if preset else policy.source,
+                     "defaults": dataclasses.asdict(policy.config)})
     return rows

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..rope import Rope3D, shift_time_, time_shift_rotation
-from .base import KVCache
+from .base import KVCache, runs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
 from .policy import CachePolicy, LayerKV
 from .split import SplitKVCache, Stage
@@ -82,17 +82,6 @@ def ring_supported(policy: CachePolicy, chunk_frames: int) -> bool:
             return False
         slots, clock = after_chunk(plan, clock)
     return True
-
-
-def runs(slots: list[int]) -> list[tuple[int, int]]:
-    """Sorted physical slots -> maximal runs [(first, end)) of consecutive slots."""
-    out: list[tuple[int, int]] = []
-    for s in sorted(slots):
-        if out and out[-1][1] == s:
-            out[-1] = (out[-1][0], s + 1)
-        else:
-            out.append((s, s + 1))
-    return out
 
 
 def folds(policy: CachePolicy, chunk_frames: int) -> bool:
@@ -384,9 +373,7 @@ class RingKVCache(KVCache):
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
         self.phys = [self.phys[i] for i in sw.keep]
-        kept = tuple(self.slots[i] for i in sw.keep)
-        # kept slots that lose their offsets are seen at new positions: the next chunk shifts their keys
-        self.slots = tuple(s.unshifted() for s in kept) if sw.reset_shifts else kept
+        self.slots = tuple(self.slots[i] for i in sw.keep)
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
 

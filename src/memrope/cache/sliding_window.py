@@ -2,7 +2,8 @@
 
 Self-Forcing (arXiv 2506.08009) with ``local_attn_size`` set rolls a fixed window over the stream.
 Memory is constant, but the beginning of the video is forgotten (identity drift) and absolute
-positions keep growing past anything the model was trained on.
+positions keep growing past anything the model was trained on. Self-Forcing has no prompt switch;
+this policy answers one with LongLive's KV recache without a sink (``window.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class SlidingWindow(CachePolicy):
     name = "sliding_window"
     recaches_on_switch = True
     paper = "Self-Forcing rolling KV cache (Huang et al., arXiv 2506.08009)"
+    source = ("guandeh17/Self-Forcing@33593df wan/modules/causal_model.py (local_attn_size); prompt switch: "
+              "LongLive's KV recache with no sink (window.py)")
 
     def __init__(self, config: SlidingWindowConfig | None = None):
         super().__init__(config or SlidingWindowConfig())
@@ -45,4 +48,4 @@ class SlidingWindow(CachePolicy):
         return windowed_plan(self, slots, clock, n_frames, self.config.window, sink=0)
 
     def on_switch(self, slots: tuple[Slot, ...], clock: Clock, cut: bool) -> SwitchPlan:
-        return recache_switch(slots, sink=0)
+        return recache_switch(slots, clock, sink=0, window=self.config.window)

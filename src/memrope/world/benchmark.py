@@ -190,7 +190,7 @@ def run_benchmark(cfg: BenchmarkConfig, bundle: ModelBundle | None = None, log=p
         if policy in refs:
             frames = refs[policy]
         else:
-            key = json.dumps(make_policy(policy).describe(), sort_keys=True)
+            key = alias_key(policy)
             if key in seen:
                 out["aliases"][policy] = seen[key]
                 log(f"{policy}: same configuration as {seen[key]}, not run again")
@@ -235,6 +235,35 @@ def run_benchmark(cfg: BenchmarkConfig, bundle: ModelBundle | None = None, log=p
     return out
 
 
+def alias_key(policy: str) -> str:
+    """What decides a policy's video without prompt switches: its description less the options that
+    act only at a switch (``switch_options``), so such presets are not run twice."""
+    p = make_policy(policy)
+    described = {k: v for k, v in p.describe().items() if k not in p.switch_options}
+    return json.dumps(described, sort_keys=True)
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from runs that split the policies between processes (same settings otherwise):
+    policies in the order given, reference rows from whichever run has them; ``total_seconds`` is the
+    longest run's (they ran side by side), each run's kept in ``merged_from``."""
+    first = results[0]["config"]
+    same = {k: v for k, v in first.items() if k not in ("policies", "torch_threads")}
+    for other in results[1:]:
+        theirs = {k: v for k, v in other["config"].items() if k not in ("policies", "torch_threads")}
+        if theirs != same:
+            raise ValueError("merge: the runs differ in settings other than their policies")
+    out = {"config": {**first, "policies": [p for r in results for p in r["config"]["policies"]]},
+           "policies": {}, "not_runnable": {}, "aliases": {},
+           "total_seconds": max(r["total_seconds"] for r in results),
+           "merged_from": [{"command": r.get("command"), "total_seconds": r["total_seconds"]} for r in results]}
+    refs = [r for r in results if any(p.startswith("(") for p in r["policies"])]
+    for r in refs + [r for r in results if r not in refs]:
+        for key in ("policies", "not_runnable", "aliases"):
+            out[key].update(r[key])
+    return out
+
+
 def _plain(x: np.ndarray) -> list:
     return [None if np.isnan(v) else round(float(v), 5) for v in x]
 
@@ -261,7 +290,10 @@ def markdown(result: dict, command: str) -> str:
         "e.g. identity when every frame of the segment is ambiguous).",
         "",
         f"Command: `{command}`  ",
-        f"Total runtime: {result['total_seconds']:.0f} s on {cfg['torch_threads']} torch threads.",
+        f"Total runtime: {result['total_seconds']:.0f} s on {cfg['torch_threads']} torch threads"
+        + (" per process, processes side by side: "
+           + "; ".join(f"`{m['command']}` {m['total_seconds']:.0f} s" for m in result["merged_from"])
+           if result.get("merged_from") else "") + ".",
         "",
     ]
     for horizon in cfg["horizons"]:
@@ -348,8 +380,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--segment-frames", type=int, default=TRAINING_WINDOW)
     p.add_argument("--log-points", type=int, default=8, help="log-spaced segments scored between first and last")
     p.add_argument("--no-references", action="store_true", help="skip the ground-truth and round-trip rows")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="combine the results.json of runs that split the policies (written to --out)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.merge:
+        result = merge([json.loads((d / "results.json").read_text()) for d in args.merge])
+        args.out.mkdir(parents=True, exist_ok=True)
+        command = "python -m memrope.world.benchmark --merge " + " ".join(str(d) for d in args.merge)
+        result["command"] = command
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        (args.out / "results.md").write_text(markdown(result, command))
+        plot(result, args.out)
+        return
     horizons = tuple(args.horizons or [f * TRAINING_WINDOW for f in DEFAULT_HORIZON_FACTORS])
     cfg = BenchmarkConfig(policies=tuple(args.policies or policy_names()), horizons=horizons,
                           seeds=args.seeds, noise_seed=args.noise_seed, segment_frames=args.segment_frames,
