@@ -124,12 +124,14 @@ def _all_parsers():
     from memrope.bench import build_parser as bench_parser
     from memrope.cli import build_parser
     from memrope.distributed import build_parser as many_parser
+    from memrope.serve.app import build_parser as serve_parser
 
     top = build_parser()
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {"memrope": top, **{f"memrope {k}": v for k, v in sub.choices.items() if k not in
-                                  ("bench", "generate-many")}}
+                                  ("bench", "generate-many", "serve")}}
     parsers["memrope bench"], parsers["memrope generate-many"] = bench_parser(), many_parser()
+    parsers["memrope serve"] = serve_parser()
     return parsers
 
 

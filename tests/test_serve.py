@@ -412,7 +412,8 @@ def test_a_stream_starts_from_an_uploaded_image(served, tmp_path):
 
     async def bad():
         a = await Client.open(running.url)
-        await a.ws.send_json({"type": "start", "init": {"suffix": ".png", "data": base64.b64encode(b"no png").decode()}})
+        not_png = base64.b64encode(b"no png").decode()
+        await a.ws.send_json({"type": "start", "init": {"suffix": ".png", "data": not_png}})
         sid = (await a.expect("started"))["stream"]
         reason = (await a.expect("state", state="failed"))["reason"]
         await a.ws.send_json({"type": "list"})

@@ -242,7 +242,8 @@ def settings_from_args(args: argparse.Namespace, resuming: bool = False) -> dict
     real = args.model is not None or resuming
     if args.init_chunks is not None and args.init is None:
         raise UserError("--init-chunks needs --init FILE (the image or video the stream starts from)")
-    init = {} if args.init is None else {"init": {"path": path(check_init(args.init)), "max_chunks": pick("init_chunks")}}
+    init = {} if args.init is None else \
+        {"init": {"path": path(check_init(args.init)), "max_chunks": pick("init_chunks")}}
     return {**init,
         "policy": pick("policy"), "policy_options": policy_options, "seed": pick("seed"),
         "schedule": _schedule(args), "noise": pick("noise"),

@@ -38,7 +38,6 @@ from .chunk_log import RunSummary, StatsFile, read_records
 from .errors import EXIT_INTERRUPTED, DiskFull, RunFailure, UserError
 from .errors.paths import check_free_space, check_output_dir, check_output_file
 from .generate_options import Outputs, settings_hash, video_suffix
-from .stream import LiveStream, PromptSpan
 from .session import (
     CHUNKS_LOG,
     LEGACY_VERSION,
@@ -50,6 +49,7 @@ from .session import (
     legacy_manifest,
     write_migrated,
 )
+from .stream import LiveStream, PromptSpan
 
 WARMUP_CHUNKS = 2  # chunks left out of the steady-state latency summary
 # What a manifest written before these settings existed was made with (its run resumes the same way).

@@ -175,7 +175,8 @@ async def run_load(url: str, port: int, streams: int, viewers: int, seconds: flo
     per_viewer = [len(log.indices) for sid in ids for log in logs[sid]]
     ordered = all(log.indices == sorted(set(log.indices)) for sid in ids for log in logs[sid])
     return {"streams": streams, "viewers_per_stream": viewers, "slow_viewers": slow, "seconds": seconds,
-            "pace": pace, "ids": ids, "chunks_per_viewer_min": min(per_viewer), "chunks_per_viewer_max": max(per_viewer),
+            "pace": pace, "ids": ids, "chunks_per_viewer_min": min(per_viewer),
+            "chunks_per_viewer_max": max(per_viewer),
             "frames_per_viewer_min": min(log.frames for sid in ids for log in logs[sid]),
             "in_order": ordered, "errors": sorted({e for sid in ids for log in logs[sid] for e in log.errors}),
             "delay_ms_median": statistics.median(delays) if delays else None,
@@ -208,7 +209,8 @@ def _main(args) -> int:
     total = args.streams * args.viewers + args.slow + args.streams + 2  # (+1 viewer, + connections: the
     # starters and the stop message's, closing while the viewers connect)
     server, _, _ = server_from_args(build_parser().parse_args(
-        ["--runs-dir", str(runs), "--max-streams", str(args.streams), "--max-viewers", str(args.viewers + args.slow + 1),
+        ["--runs-dir", str(runs), "--max-streams", str(args.streams),
+         "--max-viewers", str(args.viewers + args.slow + 1),
          "--max-connections", str(total)]))
     before = rss_mb()
     samples: list[tuple[float, float]] = []  # (seconds since the load began, RSS MB)
@@ -222,8 +224,8 @@ def _main(args) -> int:
     with ServerThread(server) as running:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        result = asyncio.run(run_load(running.url, running.port, args.streams, args.viewers, args.seconds, args.pace, args.slow,
-                                      server.settings["schedule"][0]["prompt"]))
+        result = asyncio.run(run_load(running.url, running.port, args.streams, args.viewers, args.seconds,
+                                      args.pace, args.slow, server.settings["schedule"][0]["prompt"]))
         done.set()
         sampler.join()
         deadline = time.monotonic() + 60

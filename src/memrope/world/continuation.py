@@ -15,8 +15,9 @@ frames ``C .. C + N``:
 - ``identity``: :func:`memrope.world.truth.evaluate` over the ``N`` frames (one segment);
 - ``track_px``: over the first ``--track-frames`` continued frames, the distance in pixels between
   the centroid of each object's colour and where the world has it (:func:`truth.object_centroids`;
-  frames where the colour shows and the truth object is not hidden), averaged. Without context the model cannot know where the objects are, so this measures what the
-  context carried; with context it is the error of continuing the motion.
+  frames where the colour shows and the truth object is not hidden), averaged. Without context
+  the model cannot know where the objects are, so this measures what the context carried; with
+  context it is the error of continuing the motion.
 
 A reference row scores the truth's continuation through the autoencoder (the best the decoder can
 show). Per seed values, mean and 95% Student-t interval over seeds, and the paired Wilcoxon
