@@ -13,7 +13,7 @@ import pytest
 from memrope.cli import main
 from memrope.generate_options import DEFAULT_PROMPT
 from memrope.serve.app import build_parser, server_from_args
-from memrope.serve.live import Viewer
+from memrope.serve.live import STATUS_QUEUE, Viewer
 from memrope.serve.load import ServerThread, parse_chunk, run_load
 from memrope.serve.protocol import Limits, ProtocolError, RateLimit, parse_message
 
@@ -329,9 +329,26 @@ def test_a_stalled_viewer_drops_its_oldest_chunks_and_is_cut_off():
             viewer.offer("chunk", bytes([k]))
         chunks = [p for kind, p in viewer.items if kind == "chunk"]
         assert chunks == [bytes([k]) for k in range(46, 50)] and viewer.dropped == 45  # one is being sent
-        assert sum(1 for kind, _ in viewer.items if kind == "status") <= 50
+        assert [p for kind, p in viewer.items if kind == "status"] == [{"type": "dropped", "dropped": 45}]  # one
         await asyncio.wait_for(viewer.task, 5)
         assert viewer.closed and not viewer.items and viewer.ws.closed
+
+    asyncio.run(go())
+
+
+def test_a_viewer_that_lets_status_messages_pile_up_is_disconnected():
+    async def go():
+        viewer = Viewer(StalledSocket(), Limits(send_timeout_s=0.2))
+        viewer.task = asyncio.get_running_loop().create_task(viewer.run())
+        viewer.offer("status", {"type": "hello"})
+        await asyncio.sleep(0.01)  # the sender blocks on it
+        for k in range(STATUS_QUEUE):
+            viewer.offer("status", {"type": "state", "k": k})
+        assert not viewer.closed and len(viewer.items) == STATUS_QUEUE
+        viewer.offer("status", {"type": "state", "k": STATUS_QUEUE})
+        assert viewer.closed and not viewer.items
+        await asyncio.wait_for(viewer.task, 5)
+        assert viewer.ws.closed
 
     asyncio.run(go())
 

@@ -17,7 +17,9 @@ each chunk to the event loop and goes on; each viewer has a queue of at most
 ``Limits.queue_chunks`` chunks, and when a new chunk finds it full the *oldest* waiting chunk is
 dropped (counted, and reported to that viewer). A viewer that takes longer than
 ``Limits.send_timeout_s`` to accept one message is disconnected. Status messages (paused, errors,
-the end) are never dropped; there are a handful per stream.
+the end) are never dropped; there are a handful per stream and prompt change, the count of dropped
+chunks waits as one message, and a viewer with more than ``STATUS_QUEUE`` of them waiting is
+disconnected.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ LEAD_S = 0.5
 """Real-time pacing keeps generation this far ahead of playback: the browser's buffer."""
 FPS_WINDOW = 16  # chunks over which the live frame rate is measured
 HEADER = struct.Struct(">I")  # a chunk message: header length, JSON header, MP4 bytes
+STATUS_QUEUE = 64  # status messages waiting for one viewer (a handful per stream and prompt change)
 RESUMED_VIDEO = "video"  # the assembled video inside a stream's run directory (as generate --resume names it)
 
 
@@ -62,14 +65,25 @@ class Viewer:
         self.task: asyncio.Task | None = None
 
     def offer(self, kind: str, payload: Any) -> None:
-        """Queue a message (on the event loop); a chunk finding the queue full drops the oldest chunk."""
+        """Queue a message (on the event loop); a chunk finding the queue full drops the oldest chunk.
+        The count of drops waits as one status message (updated, never repeated); a viewer with more
+        than ``STATUS_QUEUE`` status messages waiting is disconnected (it reads nothing)."""
         if self.closed:
             return
         if kind == "chunk" and sum(1 for k, _ in self.items if k == "chunk") >= self.limits.queue_chunks:
             oldest = next(i for i, (k, _) in enumerate(self.items) if k == "chunk")
             del self.items[oldest]
             self.dropped += 1
+            waiting = next((i for i, (k, p) in enumerate(self.items) if k == "status" and p["type"] == "dropped"),
+                           None)
+            if waiting is not None:
+                del self.items[waiting]
             self.items.append(("status", {"type": "dropped", "dropped": self.dropped}))
+        elif kind == "status" and sum(1 for k, _ in self.items if k == "status") >= STATUS_QUEUE:
+            self.closed = True  # the sender task sees it and closes the socket
+            self.items.clear()
+            self.ready.set()
+            return
         self.items.append((kind, payload))
         self.ready.set()
 
@@ -83,7 +97,8 @@ class Viewer:
                     send = self.ws.send_bytes(payload) if kind == "chunk" else self.ws.send_str(json.dumps(payload))
                     await asyncio.wait_for(send, self.limits.send_timeout_s)
         except (TimeoutError, asyncio.TimeoutError, ConnectionError, RuntimeError):
-            await self.close()
+            pass
+        await self.close()
 
     async def close(self) -> None:
         self.closed = True
