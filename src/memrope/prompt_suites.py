@@ -14,7 +14,7 @@ for the report.
     one JSON object a line whose ``prompts`` is a list of strings, every line the same length. The
     switch points are not in the file there but in the config (``configs/longlive_interactive_inference.yaml``
     ``switch_frame_indices: 40, 80, ...``): latent frame indices, one fewer than the prompts;
-    ``pipeline/interactive_causal_inference.py`` switches at the first block whose start frame is
+    NVlabs/LongLive@2462895575c5 ``pipeline/interactive_causal_inference.py`` switches at the first block whose start frame is
     ``>=`` the index, i.e. at chunk ``ceil(index / chunk_frames)``. Here they are given with the suite
     (``switch_frame_indices``) or, an extension of ours, per line as the object's own
     ``switch_frame_indices`` key. LongLive's switches are soft (its KV re-cache), never cuts.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,8 @@ def parse_switch_indices(value) -> list[int]:
 def _read(path: Path) -> str:
     if not path.is_file():
         raise ValueError(f"prompt suite {path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"prompt suite {path} cannot be read (no permission)")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -94,6 +94,15 @@ def chunks_needed(settings: dict[str, Any], stride: int) -> int:
     return latent_frames_for(settings.get("duration") or DEFAULT_SECONDS, settings["fps"], stride, chunk) // chunk
 
 
+def requested(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved settings as they were asked for: ``run.prepare`` records the kernel an ``--attention``
+    request resolved to (and the request as ``attention_requested``)."""
+    out = dict(saved)
+    if "attention_requested" in out:
+        out["attention"] = out.pop("attention_requested")
+    return out
+
+
 class StudyVideos:
     """The study's videos as the work items of ``run_sharded``."""
 
@@ -138,7 +147,7 @@ class StudyVideos:
         on_chunk = lambda stats: chunks.__setitem__(0, chunks[0] + 1)  # noqa: E731
         if (run_dir / MANIFEST).is_file():
             opened = open_run(run_dir)
-            if opened.manifest.settings_hash != settings_hash(settings, length=False):
+            if settings_hash(requested(opened.manifest.settings), length=False) != settings_hash(settings, length=False):
                 raise UserError(f"{run_dir} holds a run of other settings under this study's name for it (edited "
                                 f"by hand?); move it away")
             before = opened.manifest.chunks_done

@@ -56,8 +56,9 @@ def _value(record: dict, column: str) -> float:
 
 
 def columns_for(records: list[dict]) -> list[str]:
-    whole = {n for r in records for n, v in r["whole"].items() if v is not None}
-    drift = {n for r in records for n in r["drift"]}
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    whole = {n for r in records for n, v in r["whole"].items() if finite(v)}
+    drift = {n for r in records for n, d in r["drift"].items() if finite(d.get("change"))}
     return [n for n in DIMENSIONS if n in whole] + [f"drift:{n}" for n in DRIFT_COLUMNS if n in drift]
 
 
@@ -218,11 +219,23 @@ def render(meta: dict, records: list[dict]) -> tuple[str, dict]:
     return "\n".join(parts), summary
 
 
+def _clean(x):
+    """NaN -> null: tables.json is strict JSON, and two equal tables compare equal."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
 def write_study_report(out_dir: Path, meta: dict, records: list[dict]) -> Path:
     """report.html and tables.json (every mean, interval and test the tables show) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     text, summary = render(meta, records)
-    (out_dir / "tables.json").write_text(json.dumps({"meta": meta, "tables": summary}, indent=1, default=str))
+    (out_dir / "tables.json").write_text(json.dumps(_clean({"meta": meta, "tables": summary}), indent=1,
+                                                    default=str, allow_nan=False))
     path = out_dir / "report.html"
     path.write_text(text, encoding="utf-8")
     return path
