@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .study import SET_BY_STUDY, Horizon, Study
+from .study import SET_BY_STUDY, Study
 from ..errors import UserError
 
 DEFAULT_POLICIES = "sliding_window,attention_sink,infinity_rope,deep_forcing,memrope"
@@ -117,9 +117,10 @@ def study_from_args(args: argparse.Namespace) -> Study:
         data["weights_dir"] = str(args.weights_dir)
     study = build_study(data, "memrope compare", Path.cwd(), args.out)
     if args.latent_frames:
-        clock = study.clock
-        frames = 1 + clock.stride * (args.latent_frames - 1)
-        study = replace(study, horizons=(Horizon(frames / clock.fps, args.latent_frames),))
+        from .study import parse_horizon
+
+        study = replace(study, horizons=(parse_horizon({"latent_frames": args.latent_frames}, "--latent-frames",
+                                                       study.clock),))
     return study
 
 

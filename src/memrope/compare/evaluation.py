@@ -115,7 +115,7 @@ class StudyEvaluation:
         manifest = json.loads((video.with_name(video.name + ".run") / MANIFEST).read_text())
         video_frames = int(manifest["frames"])
         video_s = video_frames / info.fps
-        horizon_s = horizon.seconds if horizon.latent_frames is None else video_s
+        horizon_s = horizon.seconds
         k, seconds = whole_segments(horizon_s, video_s, self.study.segment_seconds)
         config = EvalConfig(segment_seconds=self.study.segment_seconds, seam_period=self.seam_period,
                             max_seconds=seconds if k else None)

@@ -10,7 +10,7 @@
     policies: [memrope, {label: df, policy: deep_forcing, options: {sink_size: 3}}]
     prompts: {file: prompts.txt, format: lines}     # lines | longlive | infinity_rope | yaml
     seeds: 2                          # 0..N-1, or a list
-    horizons: [30s, 240s]             # presets 30s 60s 240s 1h, or seconds
+    horizons: [30s, 240s]             # presets 30s 60s 240s 1h, seconds, or {latent_frames: N}
     segment_seconds: 2
     weights_dir: vbench-weights
 
@@ -53,7 +53,7 @@ class Horizon:
     @property
     def label(self) -> str:
         if self.latent_frames is not None:
-            return f"{self.latent_frames} latent frames"
+            return f"{self.latent_frames} latent frames ({self.seconds:.4g} s)"
         return "1 h" if self.seconds == 3600 else f"{self.seconds:g} s"
 
 
@@ -136,7 +136,16 @@ def options_to_argv(options: dict[str, Any], where: str) -> list[str]:
     return argv
 
 
-def parse_horizon(value: Any, where: str) -> Horizon:
+def parse_horizon(value: Any, where: str, clock: ChunkClock) -> Horizon:
+    """A preset, seconds (90, "90s", "5min", "1h") or ``{latent_frames: N}`` (an exact generator length, as
+    the reference configs' ``num_output_frames``: N latent frames are 1 + stride (N - 1) video frames)."""
+    if isinstance(value, dict):
+        n = value.get("latent_frames")
+        if set(value) != {"latent_frames"} or isinstance(n, bool) or not isinstance(n, int) or n < 1 or \
+                n % clock.chunk_frames:
+            raise UserError(f"{where}: horizon {value!r}: write {{latent_frames: N}} with N a multiple of the "
+                            f"chunk ({clock.chunk_frames})")
+        return Horizon((1 + clock.stride * (n - 1)) / clock.fps, n)
     if isinstance(value, str) and value.strip() in HORIZON_PRESETS:
         return Horizon(HORIZON_PRESETS[value.strip()])
     seconds = value
@@ -238,7 +247,7 @@ def build_study(data: dict[str, Any], where: str, root: Path, out: Path | None) 
     clock = _clock(bases, argvs)
     prompts = _prompts(data["prompts"], where, root, clock, bases)
     horizons_raw = data["horizons"] if isinstance(data["horizons"], list) else [data["horizons"]]
-    horizons = tuple(sorted({parse_horizon(h, where) for h in horizons_raw}, key=lambda h: h.seconds))
+    horizons = tuple(sorted({parse_horizon(h, where, clock) for h in horizons_raw}, key=lambda h: h.seconds))
     segment = data.get("segment_seconds", 2.0)
     if isinstance(segment, bool) or not isinstance(segment, (int, float)) or not 0 < segment < math.inf:
         raise UserError(f"{where}: segment_seconds must be a number of seconds > 0, got {segment!r}")
