@@ -14,10 +14,10 @@ for the report.
     one JSON object a line whose ``prompts`` is a list of strings, every line the same length. The
     switch points are not in the file there but in the config (``configs/longlive_interactive_inference.yaml``
     ``switch_frame_indices: 40, 80, ...``): latent frame indices, one fewer than the prompts;
-    NVlabs/LongLive@2462895575c5 ``pipeline/interactive_causal_inference.py`` switches at the first block whose start frame is
-    ``>=`` the index, i.e. at chunk ``ceil(index / chunk_frames)``. Here they are given with the suite
-    (``switch_frame_indices``) or, an extension of ours, per line as the object's own
-    ``switch_frame_indices`` key. LongLive's switches are soft (its KV re-cache), never cuts.
+    NVlabs/LongLive@2462895575c5 ``pipeline/interactive_causal_inference.py`` switches at the first
+    block whose start frame is ``>=`` the index, i.e. at chunk ``ceil(index / chunk_frames)``. Here
+    they are given with the suite (``switch_frame_indices``) or, an extension of ours, per line as the
+    object's own ``switch_frame_indices`` key. LongLive's switches are soft (its KV re-cache), never cuts.
 ``infinity_rope``
     yesiltepe-hidir/infinity-rope@63d7b84's timed syntax (``pipeline/causal_inference.py``
     ``_parse_scene_durations``): ``action[10s] | action2[10s#]; subtitle | subtitle``. Everything after
@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schedule import PromptSegment, PromptSchedule, parse_inline, schedule_from_data
+from .schedule import PromptSchedule, PromptSegment, parse_inline, schedule_from_data
 
 FORMATS = ("lines", "longlive", "infinity_rope", "yaml")
 INFINITY_ROPE_DEFAULT_BLOCKS = 14  # _parse_scene_durations' default_blocks_per_scene

@@ -17,8 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .study import SET_BY_STUDY, Study
 from ..errors import UserError
+from .study import SET_BY_STUDY, Study
 
 DEFAULT_POLICIES = "sliding_window,attention_sink,infinity_rope,deep_forcing,memrope"
 DEFAULT_SECONDS = 30.0
@@ -67,8 +67,8 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
 
 def _generate_options(args: argparse.Namespace) -> dict:
     """The generate options given on the command line, as a study's mapping (long name -> value)."""
-    from ..generate_options import add_generate_arguments, option_name
     from ..errors.parser import Parser
+    from ..generate_options import add_generate_arguments, option_name
 
     actions = {a.dest: a for a in add_generate_arguments(Parser(add_help=False))._actions}
     out = {}
@@ -126,9 +126,9 @@ def study_from_args(args: argparse.Namespace) -> Study:
 
 def dry_run(study: Study) -> int:
     """What a run would do, video by video: nothing is loaded or written."""
-    from .runs import StudyVideos
     from ..session import MANIFEST
     from ..sharding import is_done
+    from .runs import StudyVideos
 
     videos = StudyVideos(study)
     counts: dict[str, int] = {}
@@ -155,8 +155,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_videos_dir(study)
     import torch.distributed as dist
 
-    from .evaluation import evaluate_study, merge
     from ..sharding import env_rank_world, init_process_group
+    from .evaluation import evaluate_study, merge
 
     rank, world = env_rank_world()
     created = init_process_group(args.backend)

@@ -24,10 +24,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .runs import HASH_CHARS, Job, StudyVideos
-from .study import Horizon, Study
 from ..errors import UserError
 from ..session import MANIFEST
+from .runs import HASH_CHARS, Job, StudyVideos
+from .study import Horizon, Study
 
 EVAL = "eval"
 REPORT = "report"

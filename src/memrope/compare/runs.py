@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .study import Base, PolicySpec, Study, generate_parser
 from ..errors import UserError
 from ..generate_options import Outputs, request_from_args, settings_hash, video_suffix
 from ..prompt_suites import SuitePrompt
 from ..session import MANIFEST
+from .study import Base, PolicySpec, Study, generate_parser
 
 HASH_CHARS = 12
 VIDEOS = "videos"
@@ -69,7 +69,8 @@ def length_argv(study: Study) -> list[str]:
 
 def job_settings(study: Study, job: Job, out: Path | None = None) -> tuple[dict[str, Any], Outputs]:
     """The video's generate settings (validated by generate's own parser) and its outputs."""
-    argv = [*job.base.argv, "--policy", job.policy.policy, *(x for o in job.policy.options for x in ("--policy-opt", o)),
+    options = [x for o in job.policy.options for x in ("--policy-opt", o)]
+    argv = [*job.base.argv, "--policy", job.policy.policy, *options,
             "--seed", str(job.seed), "--prompt", "placeholder", *length_argv(study),
             "--checkpoint-every", str(study.checkpoint_every), "--no-progress",
             "--out", str(out) if out is not None else "placeholder" + (".mkv" if "--lossless" in job.base.argv
@@ -147,7 +148,8 @@ class StudyVideos:
         on_chunk = lambda stats: chunks.__setitem__(0, chunks[0] + 1)  # noqa: E731
         if (run_dir / MANIFEST).is_file():
             opened = open_run(run_dir)
-            if settings_hash(requested(opened.manifest.settings), length=False) != settings_hash(settings, length=False):
+            ours = settings_hash(settings, length=False)
+            if settings_hash(requested(opened.manifest.settings), length=False) != ours:
                 raise UserError(f"{run_dir} holds a run of other settings under this study's name for it (edited "
                                 f"by hand?); move it away")
             before = opened.manifest.chunks_done

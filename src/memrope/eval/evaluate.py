@@ -22,6 +22,7 @@ from memrope.eval.drift import DriftSummary, drift_summary
 from memrope.eval.evaluation import Evaluation, VideoResult
 from memrope.eval.histogram import HISTOGRAM_DRIFT
 from memrope.eval.long_drift import LongDrift, long_drift_from_frames, long_drift_from_segments
+from memrope.eval.paired_tests import paired_test
 from memrope.eval.reader import probe_video
 from memrope.eval.repetition import PIXEL_ANCHOR_SIMILARITY
 from memrope.eval.spec import MetricSpec
@@ -138,7 +139,9 @@ def summarise(
         for n in names:
             xa = [table[a][p].get(n, math.nan) for p in shared]
             xb = [table[b][p].get(n, math.nan) for p in shared]
-            comparisons[n].append(paired_bootstrap(xa, xb, a, b, n_resamples=n_resamples, seed=seed))
+            boot = paired_bootstrap(xa, xb, a, b, n_resamples=n_resamples, seed=seed)
+            # the p of the exact sign-flip test: a bootstrap p can fall below what n pairs support (0 at n = 2)
+            comparisons[n].append(PairedComparison(a, b, boot.difference, paired_test(xa, xb).p_value))
     return summary, comparisons
 
 

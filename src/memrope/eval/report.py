@@ -167,14 +167,15 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
                       "VDE log", "basis"], long_rows)
         )
     parts.append(
-        "<h2>Per method (bootstrap 95% CI over prompts)</h2>"
+        "<h2>Per method (bootstrap 95% CI over (prompt, seed) pairs)</h2>"
         + _table(
             ["metric", *ev.summary.keys()],
             [
                 [
                     n,
                     *[
-                        f"{_num(e[n].mean)} [{_num(e[n].low)}, {_num(e[n].high)}] n={e[n].n}"
+                        (f"{_num(e[n].mean)} (n = 1, no interval)" if e[n].n == 1 else
+                         f"{_num(e[n].mean)} [{_num(e[n].low)}, {_num(e[n].high)}] n={e[n].n}")
                         if n in e
                         else "-"
                         for e in ev.summary.values()
@@ -190,8 +191,8 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
             c.label_a,
             c.label_b,
             c.difference.mean,
-            c.difference.low,
-            c.difference.high,
+            c.difference.low if c.difference.n > 1 else None,
+            c.difference.high if c.difference.n > 1 else None,
             c.difference.n,
             c.p_value,
         ]
@@ -200,7 +201,8 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
     ]
     if comp_rows:
         parts.append(
-            "<h2>Paired comparisons (a - b, paired bootstrap over prompts)</h2>"
+            "<h2>Paired comparisons (a - b over the (prompt, seed) pairs both have)</h2><p>CI: paired bootstrap "
+            "(none from one pair); p: exact sign-flip permutation test, which cannot fall below 2^(1 - pairs).</p>"
             + _table(["metric", "a", "b", "mean diff", "CI low", "CI high", "pairs", "p"], comp_rows)
         )
     for title, path in plots.items():
