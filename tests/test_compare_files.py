@@ -31,6 +31,10 @@ def shipped(tmp_path) -> Path:
     folder.mkdir()
     shutil.copy(SHIPPED, folder / SHIPPED.name)
     (folder / "prompts.txt").write_text("a red fox runs through fresh snow\n# a comment\na lighthouse at dusk\n")
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "Wan2.1-T2V-1.3B").mkdir(parents=True)
+    for name in ("self_forcing_dmd.pt", "longlive_base.pt", "lora.pt"):  # --dry-run checks they exist
+        (ckpt / name).write_bytes(b"")
     return folder / SHIPPED.name
 
 
@@ -47,6 +51,9 @@ def test_the_shipped_240s_study_parses_and_validates(shipped, capsys):
     assert code == 0, err
     assert "2 base(s) x 3 policies x 2 prompts x 1 seeds = 12 videos (12 to make)" in out
     assert not (shipped.parent.parent / "runs").exists()  # a dry run writes nothing
+    (shipped.parent.parent / "checkpoints" / "lora.pt").unlink()
+    code, _, err = run(["compare", "--study", str(shipped), "--dry-run"], capsys)
+    assert code == 2 and "base longlive: --lora" in err and "lora.pt does not exist" in err
 
 
 def test_the_readme_shows_the_shipped_study():
@@ -119,6 +126,27 @@ def test_flag_conflicts_and_bad_toml(tmp_path, capsys):
     assert code == 2 and "--seeds, --crf belong in it" in err
     code, _, err = run(["compare", "--out", str(tmp_path / "c"), "--prompt-format", "lines"], capsys)
     assert code == 2 and "describe a --prompts FILE" in err
+
+
+def test_flags_make_the_same_study_with_every_generate_option(tmp_path, capsys):
+    from memrope.cli import build_parser
+    from memrope.compare import study_from_args
+
+    argv = ["compare", "--out", str(tmp_path / "c"), "--policies", "memrope,sliding_window", "--policy-opt",
+            "sliding_window:window=6", "--crf", "10", "--chunk-frames", "3", "--seeds", "2", "--horizons",
+            "1.5,30s"]
+    study = study_from_args(build_parser().parse_args(argv))
+    assert study.policies[1].options == ("window=6",) and study.seeds == (0, 1)
+    assert sorted(study.bases[0].argv) == sorted(("--crf", "10", "--chunk-frames", "3"))
+    assert [h.seconds for h in study.horizons] == [1.5, 30.0]
+    code, out, err = run([*argv, "--dry-run"], capsys)
+    assert code == 0 and "= 4 videos (4 to make)" in out, err
+    for bad, message in ((["--policy-opt", "full:x=1"], "'full' is not one of --policies"),
+                         (["--policy-opt", "memrope"], "write POLICY:KEY=VALUE"),
+                         (["--policy-opt", "sliding_window:cache_size=1"], "cache_size")):
+        code, _, err = run([*argv, *bad], capsys)
+        assert code == 2 and message in err, err
+    assert not (tmp_path / "c").exists()
 
 
 def _decoded(path: Path) -> np.ndarray:

@@ -22,7 +22,7 @@ from .study import SET_BY_STUDY, Study
 
 DEFAULT_POLICIES = "sliding_window,attention_sink,infinity_rope,deep_forcing,memrope"
 DEFAULT_SECONDS = 30.0
-STUDY_FLAGS = ("policies", "prompts", "prompt", "seeds", "duration", "latent_frames", "horizons", "weights_dir",
+STUDY_FLAGS = ("policies", "policy_opt", "prompts", "prompt", "seeds", "duration", "latent_frames", "horizons", "weights_dir",
                "segment_seconds", "prompt_format", "switch_frame_indices")
 
 
@@ -49,6 +49,8 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
                    "longlive, .yaml/.json yaml, else lines)")
     s.add_argument("--switch-frame-indices", metavar="F,F", help="longlive suites: latent frames of the switches")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable; may be an inline schedule)")
+    s.add_argument("--policy-opt", action="append", metavar="POLICY:KEY=VALUE",
+                   help="an option of one of --policies (repeatable), e.g. memrope:ema_alpha_long=0.02")
     s.add_argument("--seeds", type=positive_int, help="seeds per prompt, 0..N-1 (default 1)")
     length = s.add_mutually_exclusive_group()
     length.add_argument("--horizons", help="comma-separated lengths: presets 30s, 60s, 240s, 1h, or seconds")
@@ -109,7 +111,7 @@ def study_from_args(args: argparse.Namespace) -> Study:
         raise UserError("--prompt-format and --switch-frame-indices describe a --prompts FILE")
     horizons = [h for h in args.horizons.split(",") if h.strip()] if args.horizons else \
         [args.duration or DEFAULT_SECONDS]
-    data = {"name": "memrope compare", "generate": generate, "policies": args.policies or DEFAULT_POLICIES,
+    data = {"name": "memrope compare", "generate": generate, "policies": _policies(args),
             "prompts": prompts, "seeds": args.seeds or 1, "horizons": horizons}
     if args.segment_seconds:
         data["segment_seconds"] = args.segment_seconds
@@ -122,6 +124,21 @@ def study_from_args(args: argparse.Namespace) -> Study:
         study = replace(study, horizons=(parse_horizon({"latent_frames": args.latent_frames}, "--latent-frames",
                                                        study.clock),))
     return study
+
+
+def _policies(args: argparse.Namespace) -> list:
+    """--policies with the --policy-opt POLICY:KEY=VALUE that name them, as a study's policies list."""
+    names = [p.strip() for p in (args.policies or DEFAULT_POLICIES).split(",") if p.strip()]
+    options: dict[str, dict[str, str]] = {}
+    for item in args.policy_opt or []:
+        name, sep, pair = item.partition(":")
+        key, eq, value = pair.partition("=")
+        if not (sep and eq and key.strip()):
+            raise UserError(f"--policy-opt {item!r}: write POLICY:KEY=VALUE, e.g. memrope:ema_alpha_long=0.02")
+        if name not in names:
+            raise UserError(f"--policy-opt {item!r}: {name!r} is not one of --policies ({', '.join(names)})")
+        options.setdefault(name, {})[key.strip()] = value.strip()
+    return [{"policy": n, "options": options[n]} if n in options else n for n in names]
 
 
 def dry_run(study: Study) -> int:
@@ -146,10 +163,49 @@ def dry_run(study: Study) -> int:
     return 0
 
 
+def _pin_local_device(world: int) -> None:
+    """Under torchrun, rank r's "cuda" (and "auto") is GPU LOCAL_RANK: one GPU per process on each node."""
+    import os
+
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if world > 1 and local is not None and torch.cuda.is_available():
+        torch.cuda.set_device(int(local) % torch.cuda.device_count())
+
+
+def check_study(study: Study) -> None:
+    """Every video's settings (through generate's own checks) and every base's files, before any write."""
+    from pathlib import Path
+
+    from ..errors.paths import check_input_file
+    from .runs import StudyVideos, job_settings
+
+    from ..cache import make_policy, parse_options
+
+    videos = StudyVideos(study)  # every video's settings parsed and validated by generate's parser
+    for policy in study.policies:
+        try:
+            make_policy(policy.policy, parse_options(list(policy.options)))  # its options, checked by the policy
+        except ValueError as e:
+            raise UserError(f"policy {policy.label}: {e}") from None
+    per_base = len(videos.jobs) // len(study.bases)
+    for job in videos.jobs[::per_base]:  # the first video of each base
+        model = job_settings(study, job)[0]["model"]
+        for key, option in (("checkpoint", "--checkpoint"), ("wan_dir", "--wan-dir"), ("lora", "--lora"),
+                            ("decoder_weights", "--decoder-weights")):
+            path = model.get(key)
+            if path is not None and not Path(path).exists():
+                raise UserError(f"base {job.base.name}: {option} {path} does not exist")
+            if path is not None and key in ("lora", "decoder_weights"):
+                check_input_file(path, f"base {job.base.name}: {option}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .runs import GenerateStopped, check_videos_dir
 
     study = study_from_args(args)
+    check_study(study)
     if args.dry_run:
         return dry_run(study)
     check_videos_dir(study)
@@ -159,6 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_study, merge
 
     rank, world = env_rank_world()
+    _pin_local_device(world)
     created = init_process_group(args.backend)
     try:
         if not args.merge:

@@ -81,7 +81,9 @@ class StudyEvaluation:
         import hashlib
 
         v, h = self.items[index]
-        payload = {"video": self.videos.identity(v, ""), "horizon": vars(self.study.horizons[h]),
+        # the video's name (every setting but its length): a video extended to a longer horizon keeps its
+        # prefix, so the records of the shorter horizons stay valid
+        payload = {"video": self.videos.names[v], "horizon": vars(self.study.horizons[h]),
                    "config": self.config_dict(), "grid": h == len(self.study.horizons) - 1}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
