@@ -20,7 +20,10 @@ TOY = "a red disc and a blue square bounce on a navy gradient"
 
 
 def run(argv, capsys):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors (one line, status 2)
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -126,6 +129,19 @@ def test_flag_conflicts_and_bad_toml(tmp_path, capsys):
     assert code == 2 and "--seeds, --crf belong in it" in err
     code, _, err = run(["compare", "--out", str(tmp_path / "c"), "--prompt-format", "lines"], capsys)
     assert code == 2 and "describe a --prompts FILE" in err
+    (tmp_path / "ll.jsonl").write_text(json.dumps({"prompts": [TOY, TOY]}) + "\n")
+    out = ["--out", str(tmp_path / "c")]
+    for argv, message in ((["--horizons", "soon"], "horizon 'soon' is not a length"),
+                          (["--prompts", str(tmp_path / "ll.jsonl"), "--switch-frame-indices", "forty"],
+                           "switch_frame_indices 'forty': expected whole latent frame numbers"),
+                          (["--prompts", str(tmp_path / "ll.jsonl")], "2 prompts but no switch_frame_indices"),
+                          (["--prompts", str(tmp_path / "ll.jsonl"), "--prompt", TOY], "not both"),
+                          (["--prompt-format", "csv"], "argument --prompt-format"),
+                          (["--backend", "tcp"], "argument --backend"),
+                          (["--merge"], "evaluations are missing or stale")):
+        code, _, err = run(["compare", *out, *argv], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "c").exists()
 
 
 def test_flags_make_the_same_study_with_every_generate_option(tmp_path, capsys):

@@ -22,8 +22,8 @@ from .study import SET_BY_STUDY, Study
 
 DEFAULT_POLICIES = "sliding_window,attention_sink,infinity_rope,deep_forcing,memrope"
 DEFAULT_SECONDS = 30.0
-STUDY_FLAGS = ("policies", "policy_opt", "prompts", "prompt", "seeds", "duration", "latent_frames", "horizons", "weights_dir",
-               "segment_seconds", "prompt_format", "switch_frame_indices")
+STUDY_FLAGS = ("policies", "policy_opt", "prompts", "prompt", "seeds", "duration", "latent_frames", "horizons",
+               "weights_dir", "segment_seconds", "prompt_format", "switch_frame_indices")
 
 
 def add_compare_parser(sub) -> argparse.ArgumentParser:
@@ -178,10 +178,9 @@ def check_study(study: Study) -> None:
     """Every video's settings (through generate's own checks) and every base's files, before any write."""
     from pathlib import Path
 
+    from ..cache import make_policy, parse_options
     from ..errors.paths import check_input_file
     from .runs import StudyVideos, job_settings
-
-    from ..cache import make_policy, parse_options
 
     videos = StudyVideos(study)  # every video's settings parsed and validated by generate's parser
     for policy in study.policies:
