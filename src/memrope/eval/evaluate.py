@@ -74,9 +74,18 @@ def falling_for(spec: MetricSpec | None, first: float, threshold: float) -> bool
     return not (math.isfinite(first) and threshold > first)
 
 
+def whole_segment_mask(analysis: VideoAnalysis) -> np.ndarray:
+    """True for the segments that last the full segment length: a trailing partial one (a video of 10.125 s
+    in 2 s segments ends in 2 frames) is no evidence of drift, so drift summaries leave it out."""
+    seg = analysis.config.segment_seconds
+    return (analysis.segment_end_s - analysis.segment_start_s) >= seg * (1 - 1e-9)
+
+
 def drift_for(analysis: VideoAnalysis, thresholds: Mapping[str, float]) -> dict[str, DriftSummary]:
     out = {}
+    whole = whole_segment_mask(analysis)
     for name, values in analysis.per_segment.items():
+        values = np.where(whole, values, np.nan)
         threshold = thresholds.get(name)
         finite = values[np.isfinite(values)]
         first = float(finite[0]) if finite.size else math.nan

@@ -71,6 +71,14 @@ def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
+def _segments(a) -> str:
+    """Segments, and the trailing partial one the drift summaries leave out (evaluate.drift_for)."""
+    partial = a.n_segments and a.segment_end_s[-1] - a.segment_start_s[-1] < a.config.segment_seconds * (1 - 1e-9)
+    if not partial:
+        return str(a.n_segments)
+    return f"{a.n_segments - 1} + a partial {a.segment_end_s[-1] - a.segment_start_s[-1]:.3g} s (not in drift)"
+
+
 def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
     names = list(dict.fromkeys(n for v in ev.videos for n in v.analysis.whole))
     parts = [
@@ -100,7 +108,7 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
                     f"{v.analysis.info.width}x{v.analysis.info.height}",
                     v.analysis.info.fps,
                     v.analysis.seconds_evaluated,
-                    v.analysis.n_segments,
+                    _segments(v.analysis),
                     v.analysis.seam.period if v.analysis.seam.detected else "none",
                     v.analysis.seam.contrast,
                     v.analysis.elapsed_s / (v.analysis.seconds_evaluated / 60.0),
