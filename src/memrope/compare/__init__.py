@@ -200,6 +200,19 @@ def check_study(study: Study) -> None:
                 check_input_file(path, f"base {job.base.name}: {option}")
 
 
+def check_memory(study: Study) -> None:
+    """``memrope generate``'s memory gate, once per base with a real model (on the meta device: nothing
+    is loaded): a study that cannot fit stops before its first video, not in the middle of the night."""
+    from ..memory_plan import check_fits, plan_settings
+    from .runs import StudyVideos, job_settings
+
+    videos = StudyVideos(study)
+    for job in videos.jobs[:: len(videos.jobs) // len(study.bases)]:
+        settings = job_settings(study, job)[0]
+        if settings["model"]["model"] is not None:
+            check_fits(plan_settings(settings), settings["overlap_decode"])
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .runs import GenerateStopped, check_videos_dir
 
@@ -207,6 +220,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_study(study)
     if args.dry_run:
         return dry_run(study)
+    if not args.merge:
+        check_memory(study)
     check_videos_dir(study)
     import torch.distributed as dist
 
