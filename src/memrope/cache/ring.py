@@ -373,9 +373,7 @@ class RingKVCache(KVCache):
         self._check_idle()
         sw = self.policy.on_switch(self.slots, self.clock, cut)
         self.phys = [self.phys[i] for i in sw.keep]
-        kept = tuple(self.slots[i] for i in sw.keep)
-        # kept slots that lose their offsets are seen at new positions: the next chunk shifts their keys
-        self.slots = tuple(s.unshifted() for s in kept) if sw.reset_shifts else kept
+        self.slots = tuple(self.slots[i] for i in sw.keep)
         self.clock = dataclasses.replace(self.clock, pos_shift=sw.pos_shift)
         return sw
 
