@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(mutants) - len(bad)} of {len(mutants)} mutants apply")
         return 1 if bad else 0
     rows = []
-    print(f"| mutant | file | tests run | outcome | s |\n|---|---|---|---|---|", flush=True)
+    print("| mutant | file | tests run | outcome | s |\n|---|---|---|---|---|", flush=True)
     for m in mutants:
         outcome, seconds, tail = run_one(m, args.timeout, args.python)
         rows.append((m, outcome))

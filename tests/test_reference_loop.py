@@ -20,7 +20,6 @@ from memrope.generate import GenerationConfig, StreamingGenerator
 from memrope.models.wan import WanModel
 from memrope.models.wan_config import wan_config
 
-from .cache import released
 from .cache.test_released_semantics import CASES
 from .conftest import TINY_LATENT_HW
 

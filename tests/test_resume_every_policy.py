@@ -61,7 +61,7 @@ def test_every_policy_resumes_to_the_straight_stream(tiny_model, name):
         tail = [r.latents for r in resumed.stream(CHUNKS, switches)]
         assert len(tail) == CHUNKS - k
         for j, (a, b) in enumerate(zip(tail, latents[k:], strict=True)):
-            assert torch.equal(a, b), f"{name}: resumed at chunk {k}, chunk {k + j} differs by {(a - b).abs().max():.3g}"
+            assert torch.equal(a, b), f"{name}: resumed at {k}, chunk {k + j} differs by {(a - b).abs().max():.3g}"
 
 
 # --------------------------------------------------------------------------- the run: schedule and SIGINT
@@ -111,4 +111,4 @@ def test_a_run_resumed_after_a_switch_and_a_cut_continues_with_the_schedules_pro
             argv = ["--resume", str(run_dir)]
         assert main(["generate", "--resume", str(run_dir), "--no-progress"]) == 0
         got = run_latents(run_dir)
-        assert torch.equal(got, expected), f"{policy}: stopped at {stops}: differs by {(got - expected).abs().max():.3g}"
+        assert torch.equal(got, expected), f"{policy}: stopped at {stops}: off by {(got - expected).abs().max():.3g}"

@@ -108,7 +108,7 @@ class Reference:
     def nbytes(self) -> int:
         return 0
 
-    def parts(self) -> list[tuple[int, "Reference"]]:
+    def parts(self) -> list[tuple[int, Reference]]:
         """One part holding every layer (the model walks ``parts()``; the blocks are never split here)."""
         return [(0, self)]
 
