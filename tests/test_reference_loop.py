@@ -216,3 +216,45 @@ def test_a_model_with_known_outputs_gives_the_closed_form_chunks(policy):
         torch.testing.assert_close(commits[-1][0].double(), x0, atol=1e-5, rtol=1e-5,
                                    msg=f"{policy}: chunk {k}, the committed input is not the clean x0")
         calls[:] = [c for c in calls if not c[1]]  # keep only the read passes' inputs counted above
+
+
+def test_reference_noise_mode_is_the_references_draws_and_arithmetic_in_closed_form():
+    """``noise="reference"`` (YoungRaeKimm/MemRoPE@b89bf5b ``inference.py``, ``pipeline/causal_inference.py``):
+    one CPU generator seeded with the seed draws the whole video's initial noise [B, F, C, h, w] in
+    bf16 first, then one [B * n, C, h, w] bf16 draw after every pass but the last of each chunk; sigma
+    is the fp32 table's entry of each warped step; x0 = x - sigma v in fp64 cast to the prediction's
+    dtype; the re-noise (1 - sigma) x0 + sigma eps in fp32 cast to the noise's dtype. With the known
+    velocity every pass's input and every chunk follow."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = WanModel(wan_config("tiny")).eval().requires_grad_(False)
+    real = model.forward
+    reads: list[torch.Tensor] = []
+
+    def forward(x, t, text, cache, commit=False, **kw):
+        real(x, t, text, cache, commit=commit, **kw)
+        if not commit:
+            reads.append(x.clone())
+        return known_velocity(x)
+
+    model.forward = forward
+    cfg, seed, n, chunks = model.config, 13, 3, 3
+    text = model.encode_text(torch.randn(1, cfg.text_len, cfg.text_dim, generator=torch.Generator().manual_seed(2)))
+    config = GenerationConfig(latent_hw=TINY_LATENT_HW, seed=seed, noise="reference", noise_frames=n * chunks)
+    gen = StreamingGenerator(model, make_policy("memrope"), text, config)
+    s = torch.linspace(1.0, 0.0, 1001, dtype=torch.float32)[:-1]
+    sigmas = SHIFT * s / (1 + (SHIFT - 1) * s)  # fp32, as the reference's scheduler builds it
+    sigma = [float(sigmas[1000 - step]) for step in STEPS]
+    draw = torch.Generator().manual_seed(seed)
+    frame = (cfg.in_dim, *TINY_LATENT_HW)
+    initial = torch.randn((1, n * chunks, *frame), generator=draw, dtype=torch.bfloat16)
+    for k, result in enumerate(gen.stream(chunks)):
+        x = initial[:, k * n:(k + 1) * n].permute(0, 2, 1, 3, 4).float()  # [B, C, n, h, w]
+        for i in range(len(STEPS)):
+            torch.testing.assert_close(reads[len(STEPS) * k + i], x, atol=0, rtol=0, msg=f"chunk {k}, pass {i}")
+            x0 = (x.double() - sigma[i] * known_velocity(x).double()).float()
+            if i + 1 < len(STEPS):
+                eps = torch.randn((n, *frame), generator=draw, dtype=torch.bfloat16).view(1, n, *frame)
+                eps = eps.permute(0, 2, 1, 3, 4).float()
+                x = ((1 - sigma[i + 1]) * x0 + sigma[i + 1] * eps).float()
+        torch.testing.assert_close(result.latents, x0, atol=0, rtol=0, msg=f"chunk {k}")
