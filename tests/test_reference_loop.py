@@ -56,10 +56,22 @@ def test_the_written_out_timesteps_are_self_forcings():
     assert warped_timesteps() == pytest.approx([1000.0, 937.5, 833.3333333, 625.0])
 
 
+def frames_held(cache) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """frame -> per layer (unrotated keys, values) [B, ft, H, D] of a ``released`` cache (frames only)."""
+    out: dict[int, list] = {}
+    for layer in cache.cache:
+        for i in range(0, layer["frame"].shape[0], cache.ft):
+            f = int(layer["frame"][i])
+            if f >= 0:
+                out.setdefault(f, []).append((layer["k"][:, i:i + cache.ft], layer["v"][:, i:i + cache.ft]))
+    return {f: kv for f, kv in out.items() if len(kv) == len(cache.cache)}
+
+
 def reference_video(model: WanModel, cache, texts, switches: dict[int, bool], chunks: int, seed: int,
-                    batch: int, taps=None) -> list[torch.Tensor]:
+                    batch: int, taps=None, recached=None) -> list[torch.Tensor]:
     """The chunk loop, slowly: every pass of every chunk written out; a prompt switch re-encodes the
-    frames the cache names from the clean latents kept here, in one t = 0 pass under the new prompt."""
+    frames the cache names from the clean latents kept here, in one t = 0 pass under the new prompt.
+    ``recached[k]``: per frame re-encoded at the switch before chunk k, its (before, after) keys and values."""
     ts = warped_timesteps()
     n = 3
     clean: dict[int, torch.Tensor] = {}  # frame -> [B, C, 1, h, w], every frame ever generated
@@ -68,12 +80,16 @@ def reference_video(model: WanModel, cache, texts, switches: dict[int, bool], ch
     for k in range(chunks):
         if k in switches:
             text = texts[1 + sorted(switches).index(k)]
+            before = frames_held(cache)
             sw = cache.switch(switches[k])
             if sw.recache:
                 cache.begin_replay(tuple(sw.recache))
                 model(torch.cat([clean[f] for f in sw.recache], 2), torch.zeros(batch), text, cache,
                       commit=True, fused=False)
                 cache.end_chunk()
+                after = frames_held(cache)
+                if recached is not None:
+                    recached[k] = {f: (before[f], after[f]) for f in sw.recache}
             if taps is not None:
                 taps.arm(k)
         plan = cache.begin_chunk(n)
@@ -158,7 +174,9 @@ def test_generation_equals_the_written_out_loop_and_the_cache_after_each_switch(
 
     ours.cache.switch = switch
     # the replay pass commits, so the taps record only the next generated chunk's first read pass
-    expected = reference_video(tiny_model, ref, texts, SWITCHES, CHUNKS, SEED, BATCH, taps=ref_taps)
+    recached = {}
+    expected = reference_video(tiny_model, ref, texts, SWITCHES, CHUNKS, SEED, BATCH, taps=ref_taps,
+                               recached=recached)
     switches = {k: (texts[1 + i], cut) for i, (k, cut) in enumerate(sorted(SWITCHES.items()))}
     got = list(ours.stream(CHUNKS, switches))
     for k, (a, b) in enumerate(zip(got, expected, strict=True)):
@@ -171,6 +189,15 @@ def test_generation_equals_the_written_out_loop_and_the_cache_after_each_switch(
             same_frames(our_taps.seen[k][layer], ref_taps.seen[k][layer], ft, f"{case}: switch at {k}, layer {layer}")
         event = got[k].stats["switch"]
         assert event["at_chunk"] == k and event["cut"] == SWITCHES[k]
+        assert event["recached"] == len(recached.get(k, {}))
+        # A re-encoded frame's first-layer keys and values depend on its latents alone (t = 0 both
+        # times): unchanged. Every later layer reads the new prompt (and the new context): changed.
+        for f, (old, new) in recached.get(k, {}).items():
+            torch.testing.assert_close(new[0], old[0], atol=1e-5, rtol=1e-5, msg=f"{case}: frame {f}, layer 0")
+            for layer in range(1, cfg.num_layers):
+                assert (new[layer][1] - old[layer][1]).abs().max() > 1e-4, f"{case}: frame {f} kept its old values"
+    recaching = make_policy(name, options).recaches_on_switch
+    assert recaching == bool(recached), f"{case}: recaches {sorted(recached)}"
 
 
 def known_velocity(x: torch.Tensor) -> torch.Tensor:
