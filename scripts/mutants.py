@@ -75,20 +75,20 @@ def load(path: Path) -> list[Mutant]:
     return mutants
 
 
-def copy_tree(dst: Path) -> None:
+def copy_tree(dst: Path, root: Path = ROOT) -> None:
     for name in COPIED:
-        src = ROOT / name
+        src = root / name
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
             shutil.copy2(src, dst / name)
 
 
-def run_one(mutant: Mutant, timeout: float, python: str) -> tuple[str, float, str]:
+def run_one(mutant: Mutant, timeout: float, python: str, tree: Path = ROOT) -> tuple[str, float, str]:
     """(outcome, seconds, last lines of output): killed / survived / NOT APPLIED / timeout (killed)."""
     with tempfile.TemporaryDirectory(prefix="memrope-mutant-") as tmp:
         root = Path(tmp)
-        copy_tree(root)
+        copy_tree(root, tree)
         problem = mutant.apply(root)
         if problem is not None:
             return "NOT APPLIED", 0.0, problem
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per mutant")
     p.add_argument("--check", action="store_true", help="only check that every mutant applies to this tree")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--root", type=Path, default=ROOT,
+                   help="the tree to copy and mutate (default: this checkout), e.g. an older commit's worktree")
     args = p.parse_args(argv)
     mutants = load(args.mutants)
     if args.only:
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in mutants:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / m.file).parent.mkdir(parents=True)
-                if (ROOT / m.file).exists():
-                    shutil.copy2(ROOT / m.file, Path(tmp) / m.file)
+                if (args.root / m.file).exists():
+                    shutil.copy2(args.root / m.file, Path(tmp) / m.file)
                 problem = m.apply(Path(tmp))
             if problem is not None:
                 bad.append(m)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print("| mutant | file | tests run | outcome | s |\n|---|---|---|---|---|", flush=True)
     for m in mutants:
-        outcome, seconds, tail = run_one(m, args.timeout, args.python)
+        outcome, seconds, tail = run_one(m, args.timeout, args.python, args.root)
         rows.append((m, outcome))
         print(f"| {m.name} | {m.file} | {' '.join(m.tests)} | {outcome} | {seconds:.0f} |", flush=True)
         if outcome not in ("killed", "killed (timeout)"):
