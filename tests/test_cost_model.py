@@ -146,3 +146,44 @@ def test_every_bounded_policy_on_the_ring_works_below_one_percent():
     # infinity_rope: the two frames kept after the sink slide 3 positions back each chunk (window 6, chunk 3)
     fb, layers = shape.frame_bytes(), shape.config.num_layers
     assert rows["infinity_rope"]["cache"]["bytes"]["shift_temporal"] == 2 * 2 * fb * 44 / 128 * layers
+
+
+def test_deep_forcing_costs_its_selection_and_sink_moves_averaged_over_its_cycle():
+    """Deep Forcing compresses every other chunk (cache 19 then 16 frames with the chunk). At a
+    compression (budget 16, sink 10, recent 4, chunk 3): the 8 candidate frames' keys are read for
+    the scores, 2 frames' worth of tokens gathered (k and v, read and written), the one old recent
+    frame moved (k and v), and the 10 sink frames moved in time (44 of 128 channels); the chunk
+    in between does no cache work. The report is the mean of the two."""
+    from memrope.cost_model import steady_cycle
+
+    shape = shape_for("wan-1.3b", (60, 104))
+    fb, layers = shape.frame_bytes(), shape.config.num_layers
+    policy = make_policy("deep_forcing")
+    cycle = steady_cycle(policy, 3)
+    assert [plan.n_past + plan.n_frames for _, plan in cycle] == [19, 16]
+    quiet, compression = (cache_work(policy, plan, shape, previous) for previous, plan in cycle)
+    assert quiet.total_bytes == 0
+    expected = {"moves": 2 * 1 * 2 * fb * layers, "shift_temporal": 2 * 10 * fb * 44 / 128 * layers,
+                "selection_scores": 8 * fb * layers, "selection_gather": 2 * 2 * 2 * fb * layers}
+    assert {k: v for k, v in compression.bytes.items() if v} == expected
+    row = compare([policy], shape)["policies"]["deep_forcing"]
+    assert row["context_frames_cycle"] == [19, 16]
+    assert row["cache"]["total_bytes"] == sum(expected.values()) / 2
+
+
+def test_cost_model_rows_keep_preset_names_and_its_command_checks_input(capsys):
+    from memrope.cost_model import main
+
+    shape = shape_for("wan-1.3b", (60, 104))
+    presets = ["deep_forcing", "deep_forcing_sink_only"]
+    rows = compare([make_policy(n) for n in presets], shape, names=presets)["policies"]
+    assert list(rows) == presets and rows["deep_forcing_sink_only"]["context_frames"] == 21
+    with pytest.raises(ValueError, match="distinct names"):
+        compare([make_policy(n) for n in presets], shape)
+    main(["--policies", "memrope,full"])
+    out = capsys.readouterr().out
+    assert "| memrope | ring | 12 |" in out and "| full |" not in out  # unbounded: no steady chunk
+    for bad, message in (["--latent", "3"], "--latent takes HxW"), (["--policies", "nope"], "unknown cache policy"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -535,8 +535,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         raise UserError(str(e)) from None
     if args.cost_model:
         real = cost_model.shape_for("wan-1.3b", REAL_LATENT_HW)
-        plain = [bench_policy(p) for p in policies if not is_reference_style(p)]
-        report["cost_model_real_shape"] = cost_model.compare(plain, real)
+        plain = [p for p in policies if not is_reference_style(p)]
+        report["cost_model_real_shape"] = cost_model.compare([bench_policy(p) for p in plain], real, names=plain)
         print(cost_model.format_table(report["cost_model_real_shape"]))
         print()
     print(format_table(report))

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cache.plan import FRAME, ChunkPlan, Clock, after_chunk
+from .cache.plan import FRAME, SELECTED, ChunkPlan, Clock, after_chunk
 from .cache.policy import CachePolicy
 from .models.wan_config import WanConfig, wan_config
 
@@ -206,10 +206,18 @@ def cache_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: Chu
     ``previous``: the chunk before (the positions the ring's frames were last seen at)."""
     if runs_on_ring(policy, shape.chunk_frames):
         return ring_work(policy, plan, shape, previous)
-    return slot_order_work(policy, plan, shape)
+    return slot_order_work(policy, plan, shape, previous)
 
 
-def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
+def _repositioned(plan: ChunkPlan, previous: ChunkPlan | None) -> int:
+    """Frames of ``plan``'s past whose position differs from the one they were seen at in the chunk
+    before (without ``previous``: those that moved slot)."""
+    seen_at = None if previous is None else previous.past_pos + previous.query_pos
+    return sum(1 for dst, src in enumerate(plan.sources) if src is not None and plan.past[dst].kind == FRAME
+               and (src != dst if seen_at is None else plan.past_pos[dst] != seen_at[src]))
+
+
+def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: ChunkPlan | None = None) -> Cost:
     """Cache work of ``base.KVCache`` (slot order):
 
     - compaction moves: every moved slot of every per-layer tensor (k, v, and the unrotated k_raw of
@@ -219,10 +227,20 @@ def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
     - memory (policies with memory slots): evicted frames' k_raw and v read for the EMA, memory
       tokens written into their slots (k_raw and v).
     - the commit pass writes the unrotated keys of the chunk (``rotate_at_read``).
+    - keys stored rotated whose planned position changed since the chunk before (Deep Forcing's
+      phase-shifted sink, ``KVCache._reposition``): their temporal channel pairs read and written.
+    - token selection (a ``deferred`` plan with selected slots, Deep Forcing's compression): the
+      candidates' keys read once for the scores, the selected tokens' keys and values gathered
+      (read and written); the scoring queries (a few frames' worth, per layer) are not counted.
     """
+    from .rope import axis_split
+
     cfg, fb = shape.config, shape.frame_bytes()
     layers = cfg.num_layers
     raw = policy.rotate_at_read
+    t_frac = axis_split(cfg.head_dim)[0] / cfg.head_dim
+    shifted = 0 if raw else _repositioned(plan, previous)
+    selected = sum(1 for s in plan.past if s.kind == SELECTED) if plan.deferred else 0
     tensors = 3 if raw else 2
     moved = moved_slots(plan)
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME and s.kind != "selected")
@@ -233,11 +251,16 @@ def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape) -> Cost:
         "ema_read": float(2 * len(folded) * fb * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
         "raw_key_write": float(shape.chunk_frames * fb * layers) if raw else 0.0,
+        "shift_temporal": float(2 * shifted * fb * t_frac * layers),
+        "selection_scores": float(len(plan.evicted) * fb * layers) if selected else 0.0,
+        "selection_gather": float(2 * 2 * selected * fb * layers),
     }
     ft_d = shape.batch * shape.frame_tokens * cfg.dim
     flops = {
         "rotate_past": float(3 * plan.n_past * ft_d * layers) if raw else 0.0,
         "ema": float(2 * len(folded) * ft_d * layers + 3 * 2 * memory_slots * cfg.dim * layers),
+        "shift_temporal": float(3 * shifted * ft_d * t_frac * layers),
+        "selection_scores": float(2 * len(plan.evicted) * ft_d * layers) if selected else 0.0,
     }
     return Cost(flops, bytes_)
 
@@ -259,9 +282,7 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: Chun
     cfg, fb = shape.config, shape.frame_bytes()
     layers = cfg.num_layers
     t_frac = axis_split(cfg.head_dim)[0] / cfg.head_dim
-    seen_at = None if previous is None else previous.past_pos + previous.query_pos  # the previous table's
-    shifted = sum(1 for dst, src in enumerate(plan.sources) if src is not None and plan.past[dst].kind == FRAME
-                  and (src != dst if seen_at is None else plan.past_pos[dst] != seen_at[src]))
+    shifted = _repositioned(plan, previous)
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME)
     folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
     mean_bytes = shape.batch * cfg.dim * 4  # one fp32 vector per head, all heads
@@ -315,19 +336,43 @@ def reference_style_work(plan: ChunkPlan, shape: Shape, capacity_frames: int,
 
 
 # --------------------------------------------------------------------------- a chunk
+def steady_cycle(policy: CachePolicy, chunk_frames: int = 3, max_chunks: int = 64,
+                 max_period: int = 8) -> list[tuple[ChunkPlan, ChunkPlan]]:
+    """(the chunk before, the chunk) for each chunk of one period of the steady state: policies whose
+    steady chunks differ (Deep Forcing compresses every other chunk: 16 and 19 frames) are averaged
+    over the period. Found after ``max_chunks`` chunks as the shortest period (up to ``max_period``)
+    over which the plans repeat; an unbounded policy, which never repeats, gives its last chunk."""
+    slots: tuple = ()
+    clock = Clock()
+    plans: list[ChunkPlan] = []
+    for _ in range(max_chunks):
+        plans.append(policy.plan(slots, clock, chunk_frames))
+        slots, clock = after_chunk(plans[-1], clock)
+    sigs = [(p.n_past, p.sources, p.evicted, p.dropped, p.deferred, tuple(s.kind for s in p.past),
+             tuple(b - p.first_frame if b >= 0 else b for b in p.past_pos)) for p in plans]
+    period = next((k for k in range(1, max_period + 1) if sigs[-k:] == sigs[-2 * k:-k]), 1)
+    return [(plans[i - 1], plans[i]) for i in range(len(plans) - period, len(plans))]
+
+
 def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHUNK) -> dict:
-    """Steady-state FLOPs and bytes per chunk of ``policy`` at ``shape``: transformer and cache work."""
-    previous, plan = steady_plans(policy, shape.chunk_frames)
-    context = plan.n_past + plan.n_frames
-    reads = pass_cost(shape, context).scaled(passes - 1)
-    commit = pass_cost(shape, context, commit=True, stores_raw_keys=False)
-    transformer = reads.plus(commit)
-    cache = cache_work(policy, plan, shape, previous)
+    """Steady-state FLOPs and bytes per chunk of ``policy`` at ``shape``: transformer and cache work,
+    averaged over the steady cycle (:func:`steady_cycle`)."""
+    cycle = steady_cycle(policy, shape.chunk_frames)
+    contexts = [plan.n_past + plan.n_frames for _, plan in cycle]
+    transformer, cache, call = Cost(), Cost(), Cost()
+    for (previous, plan), context in zip(cycle, contexts, strict=True):
+        reads = pass_cost(shape, context).scaled(passes - 1)
+        commit = pass_cost(shape, context, commit=True, stores_raw_keys=False)
+        transformer = transformer.plus(reads.plus(commit).scaled(1 / len(cycle)))
+        cache = cache.plus(cache_work(policy, plan, shape, previous).scaled(1 / len(cycle)))
+        call = call.plus(pass_cost(shape, context).scaled(1 / len(cycle)))
+    plan = cycle[-1][1]
     ring = runs_on_ring(policy, shape.chunk_frames)
     return {
         "policy": policy.name,
         "storage": "ring" if ring else "slot order",
-        "context_frames": context,
+        "context_frames": max(contexts),
+        "context_frames_cycle": contexts,
         "moved_slots": 0 if ring else moved_slots(plan),
         "evicted": len(plan.evicted),
         "transformer": transformer.to_dict(),
@@ -336,17 +381,22 @@ def chunk_report(policy: CachePolicy, shape: Shape, passes: int = PASSES_PER_CHU
         # Sensitivity: against the traffic no fusion can remove (weights + K/V + text K/V reads).
         "cache_bytes_fraction_of_weights_and_kv": cache.total_bytes / (
             transformer.total_bytes - transformer.bytes["activations"]),
-        "tflop_per_call": pass_cost(shape, context).total_flops / 1e12,
+        "tflop_per_call": call.total_flops / 1e12,
         "tflop_per_chunk": transformer.total_flops / 1e12,
         "gb_per_chunk": transformer.total_bytes / 1e9,
         "reference_style": reference_style_work(plan, shape, policy.capacity_frames(shape.chunk_frames)
-                                                or context, passes),
+                                                or max(contexts), passes),
     }
 
 
-def compare(policies: list[CachePolicy], shape: Shape, baseline: str = "sliding_window") -> dict:
-    """Per-policy chunk reports plus each policy's cache bytes in excess of ``baseline``'s."""
-    rows = {p.name: chunk_report(p, shape) for p in policies}
+def compare(policies: list[CachePolicy], shape: Shape, baseline: str = "sliding_window",
+            names: list[str] | None = None) -> dict:
+    """Per-policy chunk reports plus each policy's cache bytes in excess of ``baseline``'s; rows are
+    keyed by ``names`` (presets share their policy's name) or the policies' names."""
+    names = names or [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"cost model: rows need distinct names, got {names}")
+    rows = {n: chunk_report(p, shape) for n, p in zip(names, policies, strict=True)}
     base = rows.get(baseline)
     for row in rows.values():
         if base is not None:
@@ -403,10 +453,47 @@ def format_table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["policies"].items():
         extra = r.get("extra_bytes_vs_sliding_window_fraction")
+        ctx = "/".join(map(str, r.get("context_frames_cycle", [r["context_frames"]])))
         lines.append(
-            f"| {name} | {r['storage']} | {r['context_frames']} | {r['tflop_per_call']:.2f} | "
+            f"| {name} | {r['storage']} | {ctx} | {r['tflop_per_call']:.2f} | "
             f"{r['tflop_per_chunk']:.1f} | "
             f"{r['gb_per_chunk']:.1f} | {r['cache']['total_bytes'] / 1e9:.2f} | "
             f"{100 * r['cache_bytes_fraction']:.2f}% | "
             f"{'n/a' if extra is None else f'{100 * extra:.2f}%'} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+REAL_LATENT_HW = (60, 104)  # 480x832 pixels / the Wan VAE's spatial stride 8
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m memrope.cost_model [--policies a,b] [--latent HxW]``: the table at Wan2.1-1.3B's
+    shape for the named policies (default: every registered policy with a bounded cache)."""
+    import argparse
+
+    from .cache.registry import POLICIES, make_policy
+
+    p = argparse.ArgumentParser(prog="python -m memrope.cost_model", description=main.__doc__)
+    p.add_argument("--policies", help="comma-separated policy or preset names (default: every bounded policy)")
+    p.add_argument("--latent", default="x".join(map(str, REAL_LATENT_HW)), help="latent grid HxW (default 60x104)")
+    args = p.parse_args(argv)
+    try:
+        latent = tuple(int(v) for v in args.latent.lower().split("x"))
+        if len(latent) != 2 or min(latent) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--latent takes HxW with positive integers, e.g. 60x104; got {args.latent!r}")
+    names = [n.strip() for n in args.policies.split(",")] if args.policies else sorted(POLICIES)
+    try:
+        policies = [make_policy(n) for n in names]
+    except (KeyError, ValueError) as e:
+        p.error(str(e).strip("'\""))
+    shape = shape_for("wan-1.3b", latent)
+    bounded = [(n, pol) for n, pol in zip(names, policies, strict=True)
+               if pol.capacity_frames(shape.chunk_frames) is not None]
+    print(format_table(compare([pol for _, pol in bounded], shape, names=[n for n, _ in bounded])))
+
+
+if __name__ == "__main__":
+    main()

@@ -63,8 +63,8 @@ class Reference:
     def __init__(self, batch: int, heads: int, head_dim: int, grid: tuple[int, int], layers: int, chunk: int):
         self.batch, self.heads, self.head_dim, self.grid, self.chunk = batch, heads, head_dim, grid, chunk
         self.ft = grid[0] * grid[1]
-        self.geometry = SimpleNamespace(grid=grid, frame_tokens=self.ft, num_layers=layers,
-                                        device=torch.device("cpu"))
+        self.geometry = SimpleNamespace(grid=grid, frame_tokens=self.ft, device=torch.device("cpu"),
+                                        num_layers=layers)
         self.clock = SimpleNamespace(chunks=0, frames=0)
         self.policy = SimpleNamespace(recaches_on_switch=self.recaches)
         self.cache = [self.empty() for _ in range(layers)]
@@ -109,8 +109,7 @@ class Reference:
         return 0
 
     def parts(self) -> list[tuple[int, Reference]]:
-        """One part holding every layer (the model walks ``parts()``; the blocks are never split here)."""
-        return [(0, self)]
+        return [(0, self)]  # (first layer, cache): every layer on one device
 
     def begin_chunk(self, n: int, replay: tuple[int, ...] = ()) -> SimpleNamespace:
         self.replay = replay
