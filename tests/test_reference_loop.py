@@ -130,10 +130,6 @@ class ContextTap:
         self._armed = chunk
         self.seen[chunk] = {}
 
-    def disarm_if_done(self, layers: int) -> None:
-        if self._armed is not None and len(self.seen[self._armed]) == layers:
-            self._armed = None
-
 
 def same_frames(ours: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], ft: int,
                 msg: str) -> None:
