@@ -22,6 +22,7 @@ from memrope.eval.drift import DriftSummary, drift_summary
 from memrope.eval.evaluation import Evaluation, VideoResult
 from memrope.eval.histogram import HISTOGRAM_DRIFT
 from memrope.eval.long_drift import LongDrift, long_drift_from_frames, long_drift_from_segments
+from memrope.eval.paired_tests import paired_test
 from memrope.eval.reader import probe_video
 from memrope.eval.repetition import PIXEL_ANCHOR_SIMILARITY
 from memrope.eval.spec import MetricSpec
@@ -73,9 +74,18 @@ def falling_for(spec: MetricSpec | None, first: float, threshold: float) -> bool
     return not (math.isfinite(first) and threshold > first)
 
 
+def whole_segment_mask(analysis: VideoAnalysis) -> np.ndarray:
+    """True for the segments that last the full segment length: a trailing partial one (a video of 10.125 s
+    in 2 s segments ends in 2 frames) is no evidence of drift, so drift summaries leave it out."""
+    seg = analysis.config.segment_seconds
+    return (analysis.segment_end_s - analysis.segment_start_s) >= seg * (1 - 1e-9)
+
+
 def drift_for(analysis: VideoAnalysis, thresholds: Mapping[str, float]) -> dict[str, DriftSummary]:
     out = {}
+    whole = whole_segment_mask(analysis)
     for name, values in analysis.per_segment.items():
+        values = np.where(whole, values, np.nan)
         threshold = thresholds.get(name)
         finite = values[np.isfinite(values)]
         first = float(finite[0]) if finite.size else math.nan
@@ -138,7 +148,9 @@ def summarise(
         for n in names:
             xa = [table[a][p].get(n, math.nan) for p in shared]
             xb = [table[b][p].get(n, math.nan) for p in shared]
-            comparisons[n].append(paired_bootstrap(xa, xb, a, b, n_resamples=n_resamples, seed=seed))
+            boot = paired_bootstrap(xa, xb, a, b, n_resamples=n_resamples, seed=seed)
+            # the p of the exact sign-flip test: a bootstrap p can fall below what n pairs support (0 at n = 2)
+            comparisons[n].append(PairedComparison(a, b, boot.difference, paired_test(xa, xb).p_value))
     return summary, comparisons
 
 

@@ -71,6 +71,14 @@ def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
+def _segments(a) -> str:
+    """Segments, and the trailing partial one the drift summaries leave out (evaluate.drift_for)."""
+    partial = a.n_segments and a.segment_end_s[-1] - a.segment_start_s[-1] < a.config.segment_seconds * (1 - 1e-9)
+    if not partial:
+        return str(a.n_segments)
+    return f"{a.n_segments - 1} + a partial {a.segment_end_s[-1] - a.segment_start_s[-1]:.3g} s (not in drift)"
+
+
 def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
     names = list(dict.fromkeys(n for v in ev.videos for n in v.analysis.whole))
     parts = [
@@ -100,7 +108,7 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
                     f"{v.analysis.info.width}x{v.analysis.info.height}",
                     v.analysis.info.fps,
                     v.analysis.seconds_evaluated,
-                    v.analysis.n_segments,
+                    _segments(v.analysis),
                     v.analysis.seam.period if v.analysis.seam.detected else "none",
                     v.analysis.seam.contrast,
                     v.analysis.elapsed_s / (v.analysis.seconds_evaluated / 60.0),
@@ -167,14 +175,15 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
                       "VDE log", "basis"], long_rows)
         )
     parts.append(
-        "<h2>Per method (bootstrap 95% CI over prompts)</h2>"
+        "<h2>Per method (bootstrap 95% CI over (prompt, seed) pairs)</h2>"
         + _table(
             ["metric", *ev.summary.keys()],
             [
                 [
                     n,
                     *[
-                        f"{_num(e[n].mean)} [{_num(e[n].low)}, {_num(e[n].high)}] n={e[n].n}"
+                        (f"{_num(e[n].mean)} (n = 1, no interval)" if e[n].n == 1 else
+                         f"{_num(e[n].mean)} [{_num(e[n].low)}, {_num(e[n].high)}] n={e[n].n}")
                         if n in e
                         else "-"
                         for e in ev.summary.values()
@@ -190,8 +199,8 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
             c.label_a,
             c.label_b,
             c.difference.mean,
-            c.difference.low,
-            c.difference.high,
+            c.difference.low if c.difference.n > 1 else None,
+            c.difference.high if c.difference.n > 1 else None,
             c.difference.n,
             c.p_value,
         ]
@@ -200,7 +209,8 @@ def render_html(ev: Evaluation, plots: dict[str, Path]) -> str:
     ]
     if comp_rows:
         parts.append(
-            "<h2>Paired comparisons (a - b, paired bootstrap over prompts)</h2>"
+            "<h2>Paired comparisons (a - b over the (prompt, seed) pairs both have)</h2><p>CI: paired bootstrap "
+            "(none from one pair); p: exact sign-flip permutation test, which cannot fall below 2^(1 - pairs).</p>"
             + _table(["metric", "a", "b", "mean diff", "CI low", "CI high", "pairs", "p"], comp_rows)
         )
     for title, path in plots.items():
