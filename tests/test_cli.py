@@ -89,19 +89,21 @@ def test_peak_memory_flat_from_300_to_1200_latent_frames(tmp_path):
     assert long <= 1.10 * short, (short, long)
 
 
+@pytest.mark.gpu
 def test_decoder_on_its_own_device_writes_the_same_video(tmp_path, capsys):
-    """``--decode-device`` places the decoder apart from the model (a second GPU in real use; the
-    CPU named explicitly here): the settings carry it and the frames are the same."""
+    """``--decode-device`` places the decoder apart from the model (the model on the CPU, the decoder on
+    the GPU here: naming the CPU for both would compare the CPU with itself): the settings carry it
+    and the frames agree to a level of rounding."""
     videos = []
-    for extra in ([], ["--decode-device", "cpu"]):  # both as run directories: segments encode alike
+    for extra in ([], ["--decode-device", "cuda"]):  # both as run directories: segments encode alike
         out = tmp_path / f"v{len(videos)}.mp4"
         code, _, err = run(["generate", "--latent-frames", "9", "--out", str(out), "--no-progress",
-                            "--checkpoint-every", "1", *extra], capsys)
+                            "--checkpoint-every", "1", "--device", "cpu", *extra], capsys)
         assert code == 0, err
-        videos.append(read_frames(out))
-    assert (videos[0] == videos[1]).all()
+        videos.append(read_frames(out).astype(int))
+    assert abs(videos[0] - videos[1]).max() <= 1  # another device's float rounding, before the video codec
     manifest = json.loads((tmp_path / "v1.mp4.run" / "manifest.json").read_text())
-    assert manifest["settings"]["model"]["decode_device"] == "cpu"  # a resume rebuilds the same split
+    assert manifest["settings"]["model"]["decode_device"] == "cuda"  # a resume rebuilds the same split
 
 
 @pytest.mark.gpu

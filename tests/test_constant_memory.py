@@ -68,6 +68,10 @@ def test_the_generator_holds_the_same_after_twice_the_chunks(name, tiny_model, t
                    "state_tensors": sorted((k.split(".")[0], tuple(t.shape)) for k, t in tensors.items()),
                    "state_json": len(json.dumps(data, default=str)),
                    "cache_bytes": gen.cache.nbytes()}
+        # the clean latents held are exactly those of the cached frames a recache may re-encode
+        cached = {slot.frame_idx for slot in gen.cache.slots if slot.frame_idx is not None}
+        assert set(gen._latents) == (cached if gen.cache.policy.recaches_on_switch else set()), n
+        assert gen._pending is None
     short, long = seen[SHORT], seen[LONG]
     grown = {k: (short["containers"].get(k), v) for k, v in long["containers"].items()
              if short["containers"].get(k) != v}

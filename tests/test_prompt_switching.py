@@ -44,6 +44,7 @@ def run(model, policy, events=True):
 def test_text_and_cache_response_change_at_exactly_the_scheduled_chunks(tiny_model, policy, action):
     gen, results, seen_text, calls = run(tiny_model, policy)
     assert seen_text == [0] * SWITCH_AT + [1] * (CUT_AT - SWITCH_AT) + [2] * (CHUNKS - CUT_AT)
+    assert [r.stats["prompt_index"] for r in results] == seen_text  # what the chunk log records
     assert calls == [(SWITCH_AT, False), (CUT_AT, True)]
     events = {r.index: r.stats["switch"] for r in results if "switch" in r.stats}
     assert sorted(events) == [SWITCH_AT, CUT_AT]

@@ -41,6 +41,9 @@ def test_json_and_yaml_files(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(data))
     (tmp_path / "s.yaml").write_text("- prompt: a cat\n  seconds: 4\n- prompt: a dog\n  seconds: 2\n  cut: true\n")
     assert load_schedule(tmp_path / "s.json") == load_schedule(tmp_path / "s.yaml")
+    for name in ("s.json", "s.yaml"):  # written out by hand: the cut is the second segment's only
+        assert load_schedule(tmp_path / name).segments == (PromptSegment("a cat", 4.0, False),
+                                                           PromptSegment("a dog", 2.0, True)), name
     (tmp_path / "bad.json").write_text(json.dumps([{"prompt": "a", "secs": 3}]))
     with pytest.raises(ValueError, match="unknown key\\(s\\) \\['secs'\\]"):
         load_schedule(tmp_path / "bad.json")

@@ -15,7 +15,7 @@ from memrope.eval.cli import add_eval_parser
 from memrope.eval.config import EvalConfig
 from memrope.eval.evaluate import evaluate_videos
 
-from .conftest import FPS, panning
+from .conftest import FPS, HEIGHT, WIDTH, panning, texture
 from .test_vbench_networks import tiny_vit
 
 CONFIG = EvalConfig(segment_seconds=1.0, repetition_min_lag_seconds=1.0, feature_fps=4.0)
@@ -123,3 +123,49 @@ def test_weight_free_metrics_run_without_transformers(video, monkeypatch):
     ev = evaluate_videos([video("m", panning(FPS))], None, config=CONFIG)
     assert "transformers" in ev.skipped["subject_consistency"]
     assert np.isfinite(ev.videos[0].analysis.whole["temporal_flickering"])
+
+
+def test_the_tables_hold_the_known_answers_of_still_flickering_panning_and_drifting_videos(tmp_path, video):
+    """Four videos whose every cell is known, through ``evaluate_videos`` and its written tables:
+    a still texture (flicker 1, no motion), a uniform grey alternating 100 / 140 (flicker exactly
+    (255 - 40) / 255 in every segment), a pan at 3 px a frame (every segment dynamic, motion 3 px),
+    and a red channel that steps 40 -> 100 -> 160 one second at a time (each segment's mean red, and a
+    drift of 60 / 255 a second: first, last, change, least-squares slope per minute)."""
+    n = 3 * FPS
+    grey = lambda v: np.full((HEIGHT, WIDTH, 3), v, np.uint8)  # noqa: E731
+    steps = []
+    for i in range(n):
+        f = grey(100)
+        f[..., 0] = 40 + 60 * (i // FPS)
+        steps.append(f)
+    videos = {"still": [texture(HEIGHT, WIDTH, seed=3)] * n, "flicker": [grey(100 if i % 2 == 0 else 140)
+                                                                         for i in range(n)],
+              "pan": list(panning(n, speed=3)), "drift": steps}
+    paths = [video(name, frames) for name, frames in videos.items()]
+    evaluate_videos(paths, tmp_path / "r", labels=list(videos), config=CONFIG, weights_dir=tmp_path / "none")
+    with open(tmp_path / "r" / "segments.csv") as f:
+        rows = list(csv.DictReader(f))
+    col = lambda label, metric: [float(r[metric]) for r in rows if r["label"] == label]  # noqa: E731
+    assert all(len(col(label, "temporal_flickering")) == 3 for label in videos)
+    assert col("still", "temporal_flickering") == pytest.approx([1.0] * 3, abs=1e-6)
+    assert col("still", "dynamic_degree_dis") == [0.0] * 3 and max(col("still", "motion_magnitude")) < 0.05
+    assert col("flicker", "temporal_flickering") == pytest.approx([(255 - 40) / 255] * 3, abs=1e-6)
+    assert col("pan", "dynamic_degree_dis") == [1.0] * 3
+    assert col("pan", "motion_magnitude") == pytest.approx([3.0] * 3, rel=0.1)
+    codec = 1.5 / 255  # lossless H.264 is lossless in YUV: a colour's RGB comes back within a level
+    assert col("drift", "mean_red") == pytest.approx([40 / 255, 100 / 255, 160 / 255], abs=codec)
+    assert col("drift", "mean_green") == pytest.approx([100 / 255] * 3, abs=codec)
+    data = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    drift = next(v for v in data["videos"] if v["label"] == "drift")["drift"]["mean_red"]
+    measured = col("drift", "mean_red")
+    assert drift["first"] == pytest.approx(measured[0], abs=1e-6)  # the CSV keeps 6 decimals
+    assert drift["last"] == pytest.approx(measured[-1], abs=1e-6)
+    assert drift["change"] == pytest.approx(measured[-1] - measured[0], abs=2e-6)
+    assert drift["change"] == pytest.approx(120 / 255, abs=2 * codec)
+    # least squares over segment starts 0, 1, 2 s: (m2 - m0) / 2 per second
+    assert drift["slope_per_minute"] == pytest.approx(60 * (measured[2] - measured[0]) / 2, abs=1e-4)
+    assert drift["slope_per_minute"] == pytest.approx(60 * 60 / 255, abs=60 * codec)
+    with open(tmp_path / "r" / "whole.csv") as f:
+        whole = {r["label"]: r for r in csv.DictReader(f)}
+    assert float(whole["flicker"]["temporal_flickering"]) == pytest.approx((255 - 40) / 255, abs=1e-6)
+    assert float(whole["still"]["temporal_flickering"]) == pytest.approx(1.0, abs=1e-6)

@@ -255,6 +255,20 @@ def test_peft_adapter_folder(files, models, tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
 
 
+def test_rslora_adapter_folder_scales_by_alpha_over_the_root_of_the_rank(files, models, tmp_path):
+    """PEFT's ``use_rslora``: B A scaled by alpha / sqrt(r) (Kalajdzievski 2023), not alpha / r; with
+    r = 4 the two differ by a factor of 2, so merging either way shows in every adapted weight."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file(lora_state(lora_pairs(TINY, RANK), "peft"), folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"r": RANK, "lora_alpha": 16, "peft_type": "LORA", "use_rslora": True})
+    )
+    model = load_transformer("longlive", files / "longlive_base.pt", lora=folder, size=None)
+    for k, v in _merged_expected(models, scale=16 / RANK ** 0.5).items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+
+
 def test_lora_rank_flag_must_match_the_tensors(files):
     with pytest.raises(
         WeightFileError, match=f"--lora-rank says rank 256 but the LoRA tensors have rank {RANK}"

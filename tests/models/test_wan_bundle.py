@@ -230,7 +230,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _cli(args: list[str], cwd: Path, trap_text_encoder: bool = False, timeout: float = 300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    # the checkout under test, not whatever memrope the interpreter has installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
     head = ["-c", _NO_TEXT_ENCODER] if trap_text_encoder else ["-m", "memrope.cli"]
     return subprocess.run(
         [sys.executable, *head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

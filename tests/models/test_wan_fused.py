@@ -46,15 +46,16 @@ def text_for(model: WanModel, batch: int = 1):
         return model.encode_text(ctx)
 
 
-def video(model: WanModel, policy: str = "memrope", batch: int = 1, hook: bool = False) -> tuple[torch.Tensor, bool]:
-    """Latents of CHUNKS chunks, and whether the generator ran the fused path."""
+def video(model: WanModel, policy: str = "memrope", batch: int = 1, hook: bool = False,
+          chunks: int = CHUNKS) -> tuple[torch.Tensor, bool]:
+    """Latents of ``chunks`` chunks, and whether the generator ran the fused path."""
     handle = None
     if hook:  # a forward hook that changes nothing but must be honoured: forces the module path
         handle = model.blocks[0].self_attn.q.register_forward_hook(lambda m, i, o: o)
     try:
         gen = StreamingGenerator(model, make_policy(policy), text_for(model, batch),
                                  GenerationConfig(latent_hw=TINY_LATENT_HW, batch=batch, seed=5))
-        latents = torch.cat([gen.next_chunk().latents for _ in range(CHUNKS)], dim=2)
+        latents = torch.cat([gen.next_chunk().latents for _ in range(chunks)], dim=2)
         return latents, gen._fused is not None
     finally:
         if handle is not None:
@@ -67,6 +68,21 @@ def test_fused_path_equals_module_path(policy, batch):
     model = random_model()
     fused, ran_fused = video(model, policy, batch)
     modules, ran_fused_hooked = video(model, policy, batch, hook=True)
+    assert ran_fused and not ran_fused_hooked
+    torch.testing.assert_close(fused, modules, rtol=1e-4, atol=1e-4)
+
+
+DEEP_FORCING_CHUNKS = 14  # its 21-frame window overflows at chunk 7: compressions at chunks 7, 9, 11 and 13
+
+
+@pytest.mark.parametrize("policy", ["deep_forcing", "deep_forcing_sink_only"])
+def test_fused_path_equals_module_path_past_deep_forcings_compressions(policy):
+    """Deep Forcing ranks tokens with the unrotated queries of past passes: over 6 chunks (the test above)
+    its window never fills, so only a run past several compressions (or sink moves) shows what the
+    fused path hands the cache."""
+    model = random_model()
+    fused, ran_fused = video(model, policy, batch=2, chunks=DEEP_FORCING_CHUNKS)
+    modules, ran_fused_hooked = video(model, policy, batch=2, hook=True, chunks=DEEP_FORCING_CHUNKS)
     assert ran_fused and not ran_fused_hooked
     torch.testing.assert_close(fused, modules, rtol=1e-4, atol=1e-4)
 
