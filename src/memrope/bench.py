@@ -51,7 +51,7 @@ from .models.wan import TextContext, WanModel
 from .models.wan_config import wan_config
 
 VIDEO_FRAMES_PER_LATENT = 4  # Wan VAE temporal stride (steady state: 4 video frames per latent frame)
-REAL_LATENT_HW = (60, 104)  # 480x832 pixels / the Wan VAE's spatial stride 8
+REAL_LATENT_HW = cost_model.REAL_LATENT_HW
 REAL_PIXELS_PER_LATENT = 8  # the Wan VAE's (and TAEHV's) spatial stride: the resolution a table states
 DEFAULT_POLICIES = ("memrope", "sliding_window", "memrope_reference_style")
 BASELINES = ("sliding_window", "memrope_reference_style")

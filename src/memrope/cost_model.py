@@ -35,6 +35,7 @@ DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 # 1560 tokens per latent frame): the anchors the cost model is checked against (tests/test_cost_model.py).
 REFERENCE_TFLOP_PER_CALL = 28.3
 REFERENCE_TFLOP_PER_CHUNK = 141.5
+REAL_LATENT_HW = (60, 104)  # 480x832 pixels / the Wan VAE's spatial stride 8
 
 
 @dataclass(frozen=True)
@@ -464,7 +465,6 @@ def format_table(report: dict) -> str:
 
 
 # --------------------------------------------------------------------------- command line
-REAL_LATENT_HW = (60, 104)  # 480x832 pixels / the Wan VAE's spatial stride 8
 
 
 def main(argv: list[str] | None = None) -> None:
