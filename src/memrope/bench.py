@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from .cache import make_policy
 from .cache.policy import CachePolicy
 from .cache.reference_style import ReferenceStyle, install, is_reference_style, make_reference_style
 from .generate import GenerationConfig, StreamingGenerator
+from .host_memory import peak_rss_bytes
 from .models.attention import CHOICES as ATTENTION_CHOICES
 from .models.fp8 import FP8_MODES
 from .models.wan import TextContext, WanModel
@@ -168,7 +168,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, n: int |
 
 
 def rss_bytes() -> dict[str, int]:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_rss_bytes()  # this process's own (ru_maxrss carries a parent's over exec)
     try:
         with open("/proc/self/statm") as f:
             current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -38,6 +38,7 @@ from .chunk_log import RunSummary, StatsFile, read_records
 from .errors import EXIT_INTERRUPTED, DiskFull, RunFailure, UserError
 from .errors.paths import check_free_space, check_output_dir, check_output_file
 from .generate_options import Outputs, settings_hash, video_suffix
+from .host_memory import peak_rss_mb
 from .session import (
     CHUNKS_LOG,
     LEGACY_VERSION,
@@ -65,12 +66,6 @@ def latent_frames_for(duration_s: float, fps: int, temporal_stride: int, chunk: 
     frames = max(1, math.ceil(duration_s * fps))
     latent = math.ceil((frames - 1) / temporal_stride) + 1
     return math.ceil(latent / chunk) * chunk
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class StopFlag:
