@@ -19,7 +19,6 @@ of a video are read once, keeping only the last ``max_chunks`` chunks' worth (a 
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 DEFAULT_INIT_CHUNKS = 4
 MAX_INIT_CHUNKS = 64
 """Most context chunks a stream commits (about 12 s of the embedded model, 2 min of Wan at 16 fps)."""
-HASH_BLOCK = 1 << 20
 
 
 class ContextError(ValueError):
@@ -51,14 +49,6 @@ class Context:
     def by_chunk(self, first: int = 0) -> dict[int, torch.Tensor]:
         """Chunk index -> latents, for the chunks from ``first`` on (a resumed stream skips the others)."""
         return {k: c for k, c in enumerate(self.chunks) if k >= first}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def kind_of(path: Path) -> str:

@@ -239,7 +239,8 @@ def frame_size(prepared: Prepared) -> tuple[int, int]:
 def load_init(settings: dict[str, Any], prepared: Prepared, made: int) -> dict[int, torch.Tensor]:
     """The context chunks of ``--init`` still to commit (none once a resumed run is past them); fills in
     ``settings["init"]`` (checksum, chunks) on a new run and checks the file is the same on a resumed one."""
-    from .context import ContextError, file_sha256, load_context
+    from .context import ContextError, load_context
+    from .session import file_sha256
 
     init = settings.get("init")
     if init is None or made >= init.get("chunks", made + 1):
