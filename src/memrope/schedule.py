@@ -82,18 +82,24 @@ def parse_inline(text: str) -> PromptSchedule:
     return PromptSchedule(tuple(segments))
 
 
+def read_text_file(path: Path, label: str, missing: str) -> str:
+    """A user's UTF-8 text file, or a ValueError naming ``label`` and what is wrong (``missing``: the
+    message when it is not a file)."""
+    if not path.is_file():
+        raise ValueError(missing)
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{label} {path} cannot be read (no permission)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{label} {path} is not a text file (UTF-8)") from None
+    except OSError as e:
+        raise ValueError(f"{label} {path} cannot be read ({e.strerror})") from None
+
+
 def load_schedule(path: str | Path) -> PromptSchedule:
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompt schedule file {path} does not exist")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"prompt schedule {path} cannot be read (no permission)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"prompt schedule {path} is not a text file (UTF-8)") from None
-    except OSError as e:
-        raise ValueError(f"prompt schedule {path} cannot be read ({e.strerror})") from None
+    text = read_text_file(path, "prompt schedule", f"prompt schedule file {path} does not exist")
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         if path.suffix.lower() == ".json":
             try:
@@ -144,16 +150,7 @@ def load_prompt_list(path: str | Path) -> list[str]:
     (``"a red disc[5s] | a blue ring"``): that video's own prompt changes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--prompts {path} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"--prompts {path} cannot be read (no permission)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"--prompts {path} is not a text file (UTF-8)") from None
-    except OSError as e:
-        raise ValueError(f"--prompts {path} cannot be read ({e.strerror})") from None
+    text = read_text_file(path, "--prompts", f"--prompts {path} does not exist or is not a file")
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         import yaml
 
