@@ -77,12 +77,17 @@ def check_decoder(options: BundleOptions) -> None:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return parse_device(device, "--device")
+
+
+def parse_device(device: str, option: str) -> torch.device:
+    """``device`` as a torch device this machine has, or a ValueError naming ``option``."""
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+        raise ValueError(f"{option} {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device} requested but this machine has {torch.cuda.device_count()} "
+        raise ValueError(f"{option} {device} requested but this machine has {torch.cuda.device_count()} "
                          f"CUDA device(s)")
     return dev
 
@@ -126,11 +131,4 @@ def resolve_decode_device(decode_device: str | None, device: torch.device) -> to
     decode, ``StreamingGenerator.stream``); decoders move latents to their own device."""
     if decode_device is None:
         return device
-    try:
-        out = torch.device(decode_device)
-    except RuntimeError:
-        raise ValueError(f"--decode-device {decode_device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
-    if out.type == "cuda" and (out.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--decode-device {decode_device} requested but this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
-    return out
+    return parse_device(decode_device, "--decode-device")
