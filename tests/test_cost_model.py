@@ -133,8 +133,8 @@ def test_every_bounded_policy_on_the_ring_works_below_one_percent():
     from memrope.cache.ring import ring_supported
 
     shape = shape_for("wan-1.3b", (60, 104))
-    names = ["sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing"]
-    rows = compare([make_policy(n) for n in names], shape)["policies"]
+    names = ["sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing", "deep_forcing_sink_only"]
+    rows = compare([make_policy(n) for n in names], shape, names=names)["policies"]
     for name in names:
         on_ring = ring_supported(make_policy(name), 3)
         assert rows[name]["storage"] == ("ring" if on_ring else "slot order")
@@ -146,6 +146,9 @@ def test_every_bounded_policy_on_the_ring_works_below_one_percent():
     # infinity_rope: the two frames kept after the sink slide 3 positions back each chunk (window 6, chunk 3)
     fb, layers = shape.frame_bytes(), shape.config.num_layers
     assert rows["infinity_rope"]["cache"]["bytes"]["shift_temporal"] == 2 * 2 * fb * 44 / 128 * layers
+    # Deep Sink alone: its 14-frame sink moves 3 positions every chunk, nothing else changes
+    assert {k: v for k, v in rows["deep_forcing_sink_only"]["cache"]["bytes"].items() if v} == {
+        "shift_temporal": 2 * 14 * fb * 44 / 128 * layers}
 
 
 def test_deep_forcing_costs_its_selection_and_sink_moves_averaged_over_its_cycle():

@@ -18,7 +18,9 @@ from .test_ring import ATOL, QUERY, attend, step
 
 FT = GRID[0] * GRID[1]
 WINDOWS = [("sliding_window", {}), ("sliding_window", {"window": 9}), ("attention_sink", {}),
-           ("attention_sink", {"sink": 1, "window": 7}), ("infinity_rope", {}), ("infinity_rope", {"window": 9})]
+           ("attention_sink", {"sink": 1, "window": 7}), ("infinity_rope", {}), ("infinity_rope", {"window": 9}),
+           ("deep_forcing", {"compression": False, "sink": 14}), ("deep_forcing", {"compression": False, "window": 9,
+                                                                                 "sink": 2})]
 
 
 def pair(name: str, options: dict) -> tuple[KVCache, RingKVCache]:
@@ -44,7 +46,7 @@ def switch(cache: KVCache, cut: bool = False) -> None:
 
 
 def test_the_ring_is_chosen_from_the_plans_alone():
-    for name in ("sliding_window", "attention_sink", "infinity_rope", "memrope"):
+    for name in ("sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing_sink_only"):
         assert ring_supported(make_policy(name), CHUNK), name
     for name, options in (("deep_forcing", {}), ("full", {}), ("memrope", {"reduction": "spatial"})):
         assert not ring_supported(make_policy(name, options), CHUNK), name
@@ -133,10 +135,12 @@ def test_ring_state_resumes_bit_for_bit(name, options):
 
 
 def test_a_slot_order_state_of_an_absolute_policy_resumes_on_the_ring():
-    """Runs checkpointed while sliding_window / attention_sink still ran in slot order continue."""
-    for name in ("sliding_window", "attention_sink"):
-        slot, ring = pair(name, {})
-        for _ in range(8):
+    """Runs checkpointed while sliding_window / attention_sink / Deep Sink still ran in slot order
+    continue (Deep Sink's sink was stored rotated at its moved positions: what the ring expects)."""
+    for name, options in (("sliding_window", {}), ("attention_sink", {}),
+                          ("deep_forcing", {"compression": False, "sink": 14})):
+        slot, ring = pair(name, options)
+        for _ in range(9):
             step(slot, QUERY)
         ring.load_state_dict(*slot.state_dict())
         for _ in range(5):

@@ -241,7 +241,7 @@ class KVCache:
         not full (shapes still change), the plan defers compaction or replays frames, or the policy
         keeps per-commit state (``after_commit``)."""
         plan = self.plan
-        if not self.full() or plan.deferred or type(self.policy).after_commit is not CachePolicy.after_commit:
+        if not self.full() or plan.deferred or self.policy.keeps_commit_state():
             return None
         return self._layout_signature(plan)
 

@@ -93,6 +93,15 @@ class DeepForcing(CachePolicy):
     def capacity_frames(self, chunk_frames: int) -> int | None:
         return self.config.window
 
+    def uses_slot_layout(self) -> bool:
+        """Only the compression's hooks (queries kept, tokens gathered) work on the slot-order layout;
+        the Deep-Sink-only mode keeps whole frames and moves its sink in time, which the ring buffer
+        does in place (``ring.py``)."""
+        return self.config.compression
+
+    def keeps_commit_state(self) -> bool:
+        return self.config.compression  # the last commit's scoring queries
+
     def position_of(self, index: int, slot: Slot) -> int:
         return PER_TOKEN if slot.kind == SELECTED else super().position_of(index, slot)
 

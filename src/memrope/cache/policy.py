@@ -17,6 +17,10 @@ from ..rope import Rope3D, RopeFreqs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 
 
+SLOT_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit",
+                     "allocate_extra")
+
+
 @dataclass
 class LayerKV:
     """One layer's tensors. All [B, capacity_tokens, H, D] in slot order."""
@@ -67,6 +71,17 @@ class CachePolicy(ABC):
         """Whether this policy runs on the ring-buffer cache (``ring.RingKVCache``): it then needs
         no unrotated keys and implements ``fold_means`` and ``memory_value``."""
         return False
+
+    def uses_slot_layout(self) -> bool:
+        """Whether this policy's tensor hooks read or write the slot-order layout (``base.KVCache``),
+        which the ring buffer does not keep: any of ``SLOT_LAYOUT_HOOKS`` overridden. A policy whose
+        hooks do nothing in some configurations says so by overriding this."""
+        return any(getattr(type(self), hook) is not getattr(CachePolicy, hook) for hook in SLOT_LAYOUT_HOOKS)
+
+    def keeps_commit_state(self) -> bool:
+        """Whether ``after_commit`` keeps per-commit state (then a pass must not be captured as a CUDA
+        graph): overridden, unless a policy says its override does nothing in this configuration."""
+        return type(self).after_commit is not CachePolicy.after_commit
 
     def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
         """Ring storage: fold the evicted frames, given as the fp32 mean [B, 1, H, D] of their raw keys

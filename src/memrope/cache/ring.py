@@ -24,9 +24,10 @@ memory means are fp32 means of per-frame fp32 means. The slot-order path remains
 need the unrotated keys themselves (``reduction="spatial"``, Deep Forcing, the reference-style
 baseline); ``make_cache`` picks (:func:`ring_supported`).
 
-The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``) run here too without
-saying so: their plans only keep whole frames and drop what they evict, which is all the ring needs
-(no means are kept for them). With absolute positions a kept frame never changes position, so a
+The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``, Deep Forcing's
+Deep-Sink-only mode) run here too without saying so: their plans only keep whole frames and drop
+what they evict, which is all the ring needs (no means are kept for them); Deep Sink's sink moves in
+time every chunk, which is a temporal shift in place like MemRoPE's recent frames. With absolute positions a kept frame never changes position, so a
 chunk costs no cache work beyond writing itself into the slots its evicted frames freed; every
 steady chunk has the same shapes (the context is always the buffers' prefix).
 """
@@ -47,7 +48,6 @@ from .split import SplitKVCache, Stage
 MEANS = "slot_mean"  # extra [B, slots, 2, H, D] fp32: per physical slot, mean raw key (0) and value (1)
 STEP_MEMO_SIZE = 64  # chunk layouts memoised (a steady state cycles through a few)
 PROBE_CHUNKS = 64  # chunks of a policy's plans (pure Python) read to decide whether it runs on the ring
-_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit", "allocate_extra")
 
 
 def make_cache(policy: CachePolicy, geometry: CacheGeometry, rope: Rope3D,
@@ -72,7 +72,7 @@ def ring_supported(policy: CachePolicy, chunk_frames: int) -> bool:
         return False
     if policy.ring_storage:
         return True
-    if any(getattr(type(policy), hook) is not getattr(CachePolicy, hook) for hook in _LAYOUT_HOOKS):
+    if policy.uses_slot_layout():
         return False
     slots, clock = (), Clock()
     for _ in range(PROBE_CHUNKS):
