@@ -53,6 +53,8 @@ QUERY = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=torch.Generator().
 @pytest.mark.parametrize("options", [
     {}, {"faithful": True}, {"memory": "none"}, {"memory": "long"}, {"sink": 0, "cache_size": 8},
     {"cache_size": 16, "sink": 2}, {"alpha_long": 0.3, "alpha_short": 0.7},
+    {"reduction": "spatial"}, {"reduction": "spatial", "ema_adaptive": True},
+    {"reduction": "spatial", "faithful": True}, {"reduction": "spatial", "ema_dtype": "cache", "memory": "short"},
 ])
 def test_ring_attends_like_slot_order_over_a_long_stream(options):
     slot, ring = pair(**options)
@@ -127,15 +129,25 @@ def test_state_dict_resumes_the_ring_bit_for_bit():
     for _ in range(5):
         for a, b in zip(step(ring, QUERY), step(resumed, QUERY), strict=True):
             assert torch.equal(a, b)  # same physical layout, same key order: no rounding difference
-    slot, _ = pair()
-    with pytest.raises(ValueError, match="slot-order"):
-        resumed.load_state_dict(*slot.state_dict())
+    # a slot-order state (saved before the policy ran on the ring) continues on the ring
+    slot, late = pair()
+    for _ in range(8):
+        step(slot, QUERY)
+    late.load_state_dict(*slot.state_dict())
+    for _ in range(5):
+        for a, b in zip(step(slot, QUERY), step(late, QUERY), strict=True):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    tensors, data = slot.state_dict()
+    with pytest.raises(ValueError, match="no unrotated keys"):
+        late.load_state_dict({k: t for k, t in tensors.items() if not k.endswith("k_raw")}, data)
 
 
 def test_make_cache_keeps_slot_order_where_unrotated_keys_are_needed():
     rope = Rope3D(HEAD_DIM)
-    for name, options in (("memrope", {"reduction": "spatial"}), ("deep_forcing", {}), ("full", {})):
+    for name, options in (("deep_forcing", {}), ("full", {})):
         assert type(make_cache(make_policy(name, options), geometry(), rope)) is KVCache
+    for name, options in (("memrope", {"reduction": "spatial"}), ("memrope_adaptive", {}), ("ema_sink", {})):
+        assert type(make_cache(make_policy(name, options), geometry(), rope)) is RingKVCache, name
 
 
 def test_runs_groups_consecutive_slots():
@@ -165,14 +177,15 @@ def test_switch_keeping_slots_spread_over_the_ring_compacts_them_and_still_match
             torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
 
 
-def ring_matches_slot_order_in_bf16(device: str) -> None:
-    """bf16 storage: each temporal shift rounds once more, so the tolerance is bf16's."""
+def ring_matches_slot_order_in_bf16(device: str, name: str = "memrope") -> None:
+    """bf16 storage: each temporal shift rounds once more (and per-position folds read keys un-rotated
+    from bf16), so the tolerance is bf16's."""
     import dataclasses
 
     rope = Rope3D(HEAD_DIM).to(device)
     geo = dataclasses.replace(geometry(), dtype=torch.bfloat16, device=device)
-    slot = KVCache(make_policy("memrope", {}), geo, rope)
-    ring = make_cache(make_policy("memrope", {}), geo, rope)
+    slot = KVCache(make_policy(name, {}), geo, rope)
+    ring = make_cache(make_policy(name, {}), geo, rope)
     query = QUERY.to(device, torch.bfloat16)
 
     def cuda_step(cache):
@@ -192,8 +205,9 @@ def ring_matches_slot_order_in_bf16(device: str) -> None:
             torch.testing.assert_close(b, a, atol=3e-2, rtol=3e-2)
 
 
-def test_ring_matches_slot_order_in_bf16_on_the_cpu():
-    ring_matches_slot_order_in_bf16("cpu")
+@pytest.mark.parametrize("name", ["memrope", "memrope_adaptive", "ema_sink"])
+def test_ring_matches_slot_order_in_bf16_on_the_cpu(name):
+    ring_matches_slot_order_in_bf16("cpu", name)
 
 
 @pytest.mark.gpu

@@ -46,9 +46,10 @@ def switch(cache: KVCache, cut: bool = False) -> None:
 
 
 def test_the_ring_is_chosen_from_the_plans_alone():
-    for name in ("sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing_sink_only"):
+    for name in ("sliding_window", "attention_sink", "infinity_rope", "memrope", "deep_forcing_sink_only",
+                 "memrope_adaptive", "ema_sink"):
         assert ring_supported(make_policy(name), CHUNK), name
-    for name, options in (("deep_forcing", {}), ("full", {}), ("memrope", {"reduction": "spatial"})):
+    for name, options in (("deep_forcing", {}), ("full", {})):
         assert not ring_supported(make_policy(name, options), CHUNK), name
 
     class Hooked(SlidingWindow):  # per-layer tensor work on the slot-order layout
@@ -135,8 +136,9 @@ def test_ring_state_resumes_bit_for_bit(name, options):
 
 
 def test_a_slot_order_state_of_an_absolute_policy_resumes_on_the_ring():
-    """Runs checkpointed while sliding_window / attention_sink / Deep Sink still ran in slot order
-    continue (Deep Sink's sink was stored rotated at its moved positions: what the ring expects)."""
+    """Runs checkpointed while sliding_window / attention_sink / Deep Sink / infinity_rope still ran in
+    slot order continue (Deep Sink's sink was stored rotated at its moved positions: what the ring
+    expects)."""
     for name, options in (("sliding_window", {}), ("attention_sink", {}),
                           ("deep_forcing", {"compression": False, "sink": 14})):
         slot, ring = pair(name, options)
@@ -146,10 +148,14 @@ def test_a_slot_order_state_of_an_absolute_policy_resumes_on_the_ring():
         for _ in range(5):
             for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
                 torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    # re-indexing (infinity_rope): its unrotated keys are rotated at each slot's position on load
     slot, ring = pair("infinity_rope", {})
-    step(slot, QUERY)
-    with pytest.raises(ValueError, match="keeps unrotated keys"):
-        ring.load_state_dict(*slot.state_dict())
+    for _ in range(5):
+        step(slot, QUERY)
+    ring.load_state_dict(*slot.state_dict())
+    for _ in range(5):
+        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
 
 
 def test_window_ring_bytes():

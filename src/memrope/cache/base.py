@@ -225,10 +225,25 @@ class KVCache:
                 if target is not None:
                     target[:, :n_tok] = tensors[f"{i}.{name}"].to(target.device, target.dtype)
             for key, t in layer.extra.items():
-                t.copy_(tensors[f"{i}.extra.{key}"])
+                t.copy_(self._saved_extra(tensors, i, key, slots))
         self.slots = slots
         self.clock = Clock(**data["clock"])
         self._rotated_at = []
+
+    def _saved_extra(self, tensors: dict[str, torch.Tensor], layer_idx: int, key: str,
+                     slots: tuple[Slot, ...]) -> torch.Tensor:
+        """Per-layer policy state ``key`` of a saved state; one saved before that state existed has it
+        rebuilt by the policy from the layer's saved tensors (``rebuild_extra``) where it can be."""
+        name = f"{layer_idx}.extra.{key}"
+        if name in tensors:
+            return tensors[name]
+        prefix = f"{layer_idx}."
+        saved = {n.removeprefix(prefix): t for n, t in tensors.items() if n.startswith(prefix) and ".extra." not in n}
+        rebuilt = self.policy.rebuild_extra(key, saved, slots, self.geometry)
+        if rebuilt is None:
+            raise ValueError(f"saved cache has no {key!r} state for layer {layer_idx} and {self.policy.name} cannot "
+                             "rebuild it; resume it with the memrope version that wrote it")
+        return rebuilt
 
     def parts(self) -> list[tuple[int, KVCache]]:
         """(first layer, cache) per device: this cache holds every layer (``split.py`` holds several)."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ema import ema_
+import torch
+
 from .plan import BY_SLOT, EMA_SINK, CacheGeometry, ChunkPlan, Clock, Slot
 from .policy import CachePolicy, LayerKV
 from .window import windowed_plan
@@ -78,12 +80,73 @@ class EMASink(CachePolicy):
                          past=(Slot(EMA_SINK),) * s + plan.past[s:], sources=(None,) * s + plan.sources[s:],
                          past_pos=plan.past_pos, query_pos=plan.query_pos, evicted=plan.evicted)
 
+    # ----------------------------------------------------------------- tensor work (once per chunk)
+    # The sink's raw keys and values are kept in ``sink_k`` / ``sink_v`` ([B, sink tokens, H, D], the
+    # cache's dtype, as released): slot order copies them into its unrotated slots, the ring rotates
+    # them into its sink slots (``memory_value``); either way each update rounds once, as released.
+    def allocate_extra(self, geo: CacheGeometry) -> dict[str, torch.Tensor]:
+        shape = (geo.batch, self.config.sink * geo.frame_tokens, geo.heads, geo.head_dim)
+        return {f"sink_{part}": torch.zeros(shape, dtype=geo.dtype, device=geo.device) for part in ("k", "v")}
+
+    @property
+    def ring_storage(self) -> bool:
+        return True
+
+    @property
+    def ring_fold(self) -> str:
+        return "frames"
+
+    def first_eviction(self, plan: ChunkPlan) -> bool:
+        """The sink still holds the first frames: chunks are whole and start at frame 0 (checked), so
+        the first chunk that evicts starts at frame ``window``."""
+        return plan.first_frame == self.config.window
+
+    def _update(self, layer: LayerKV, sink: tuple[torch.Tensor, torch.Tensor] | None,
+                evicted: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """alpha sink + (1 - alpha) evicted, token by token, in fp32, stored back in the cache dtype;
+        ``sink`` (the first frames' raw keys and values) starts the accumulators at the first eviction."""
+        for part, start, new in zip(("k", "v"), sink or (None, None), evicted, strict=True):
+            acc = layer.extra[f"sink_{part}"]  # [B, sink tokens, H, D]
+            if start is not None:
+                acc.copy_(start.reshape(acc.shape))
+            value = acc.float()
+            ema_(value, new.reshape(acc.shape).float(), 1.0 - self.config.alpha)
+            acc.copy_(value)
+
     def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         if not plan.evicted:
             return
         ft, s = geo.frame_tokens, self.config.sink * geo.frame_tokens
         lo, hi = plan.evicted[0] * ft, (plan.evicted[-1] + 1) * ft  # one chunk: as many tokens as the sink
-        for buf in (layer.k_raw, layer.v):  # unrotated keys, values: [B, T, H, D]
-            sink = buf[:, :s].float()
-            ema_(sink, buf[:, lo:hi].float(), 1.0 - self.config.alpha)  # alpha sink + (1 - alpha) evicted
-            buf[:, :s] = sink.to(buf.dtype)
+        sink = (layer.k_raw[:, :s], layer.v[:, :s]) if self.first_eviction(plan) else None
+        self._update(layer, sink, (layer.k_raw[:, lo:hi], layer.v[:, lo:hi]))
+
+    def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
+        if not plan.evicted:
+            return
+        s = self.config.sink * geo.frame_tokens
+        layer.k_raw[:, :s] = layer.extra["sink_k"]  # unrotated keys, values: [B, T, H, D]
+        layer.v[:, :s] = layer.extra["sink_v"]
+
+    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames) -> None:
+        if not plan.evicted:
+            return
+        sink = frames(range(self.config.sink)) if self.first_eviction(plan) else None
+        self._update(layer, sink, frames(plan.evicted))
+
+    def memory_value(self, layer: LayerKV, kind: str, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        ft = layer.extra["sink_k"].shape[1] // self.config.sink
+        span = slice(index * ft, (index + 1) * ft)  # sink frame ``index``: [B, ft, H, D]
+        return layer.extra["sink_k"][:, span], layer.extra["sink_v"][:, span]
+
+    def rebuild_extra(self, key: str, saved: dict[str, torch.Tensor], slots: tuple[Slot, ...],
+                      geo: CacheGeometry) -> torch.Tensor | None:
+        """States saved before the sink had its own tensors kept it in the slot-order cache's first
+        slots (unrotated keys, values); before the first eviction it is not used yet."""
+        s = self.config.sink * geo.frame_tokens
+        part = {"sink_k": "k_raw", "sink_v": "v"}.get(key)
+        if part is None or part not in saved:
+            return None
+        if slots and slots[0].kind == EMA_SINK:
+            return saved[part][:, :s].clone()
+        return torch.zeros_like(saved[part][:, :s])

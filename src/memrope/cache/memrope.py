@@ -188,9 +188,13 @@ class MemRoPE(CachePolicy):
 
     @property
     def ring_storage(self) -> bool:
-        """Global memories need only per-frame means, so the keys can live rotated in a ring buffer
-        (``ring.py``); spatial memories need every evicted token unrotated: slot order."""
-        return self.config.reduction == "global"
+        """Keys can live rotated in a ring buffer (``ring.py``): global memories need only per-frame
+        means, kept at commit; spatial ones the evicted frames themselves, un-rotated when folded."""
+        return True
+
+    @property
+    def ring_fold(self) -> str:
+        return "means" if self.config.reduction == "global" else "frames"
 
     def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         folded = [i for i in plan.evicted if i not in plan.dropped]
@@ -210,6 +214,14 @@ class MemRoPE(CachePolicy):
         acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
         self._fold(layer, plan, k_means.to(acc_dtype), v_means.to(acc_dtype))  # [B, 1, H, D] each
 
+    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames) -> None:
+        folded = [i for i in plan.evicted if i not in plan.dropped]
+        if not folded or not self.config.memory_kinds:
+            return
+        acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
+        e_k, e_v = (reduce_evicted(t.to(acc_dtype), self.config.reduction) for t in frames(folded))  # [B, ft, H, D]
+        self._fold(layer, plan, e_k, e_v)
+
     def _fold(self, layer: LayerKV, plan: ChunkPlan, e_k: torch.Tensor, e_v: torch.Tensor) -> None:
         # The FIFO starts right after the sink only while no memory slot exists: first eviction.
         first = plan.evicted[0] == self.config.sink
@@ -225,7 +237,7 @@ class MemRoPE(CachePolicy):
             ema_(mem_k, e_k, alpha)
             ema_(mem_v, e_v, alpha)
 
-    def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def memory_value(self, layer: LayerKV, kind: str, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         return layer.extra[f"{kind}_k"], layer.extra[f"{kind}_v"]
 
     def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:

@@ -8,6 +8,7 @@ hooks the cache calls once per chunk (``before_compaction``, ``after_compaction`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from ..rope import Rope3D, RopeFreqs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 
 
+FrameReader = Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
 SLOT_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit",
                      "allocate_extra")
 
@@ -68,9 +70,17 @@ class CachePolicy(ABC):
 
     @property
     def ring_storage(self) -> bool:
-        """Whether this policy runs on the ring-buffer cache (``ring.RingKVCache``): it then needs
-        no unrotated keys and implements ``fold_means`` and ``memory_value``."""
+        """Whether this policy runs on the ring-buffer cache (``ring.RingKVCache``) although it writes
+        slots of its own (memory tokens): it then needs no unrotated keys and implements
+        ``memory_value`` and the fold its ``ring_fold`` names."""
         return False
+
+    @property
+    def ring_fold(self) -> str:
+        """What the ring hands this policy's fold: ``"means"`` (``fold_means``: the evicted frames' mean
+        raw key and value, kept per frame at commit) or ``"frames"`` (``fold_frames``: the frames
+        themselves, their keys un-rotated, for folds that keep every token position)."""
+        return "means"
 
     def uses_slot_layout(self) -> bool:
         """Whether this policy's tensor hooks read or write the slot-order layout (``base.KVCache``),
@@ -84,13 +94,25 @@ class CachePolicy(ABC):
         return type(self).after_commit is not CachePolicy.after_commit
 
     def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
-        """Ring storage: fold the evicted frames, given as the fp32 mean [B, 1, H, D] of their raw keys
-        and of their values."""
+        """Ring storage, ``ring_fold == "means"``: fold the evicted frames, given as the fp32 mean
+        [B, 1, H, D] of their raw keys and of their values."""
         raise NotImplementedError(f"{self.name} does not support ring storage")
 
-    def memory_value(self, layer: LayerKV, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ring storage: the raw key and value [B, 1, H, D] of memory slot ``kind``."""
+    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames: FrameReader) -> None:
+        """Ring storage, ``ring_fold == "frames"``: fold the evicted frames; ``frames(slots)`` gives the
+        raw keys and the values [B, len(slots), frame_tokens, H, D] (fp32) of committed slots."""
         raise NotImplementedError(f"{self.name} does not support ring storage")
+
+    def memory_value(self, layer: LayerKV, kind: str, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ring storage: the raw key and value [B, 1 or frame_tokens, H, D] of the ``index``-th slot of
+        kind ``kind`` in the past (one value broadcast over the slot's tokens, or one per token)."""
+        raise NotImplementedError(f"{self.name} does not support ring storage")
+
+    def rebuild_extra(self, key: str, saved: dict[str, torch.Tensor], slots: tuple[Slot, ...],
+                      geo: CacheGeometry) -> torch.Tensor | None:
+        """A saved state written before per-layer state ``key`` existed: rebuild it from the layer's
+        saved tensors (``k``, ``v``, ``k_raw``) and slot table, or ``None`` when it cannot be."""
+        return None
 
     def __init__(self, config: Any):
         self.config = config

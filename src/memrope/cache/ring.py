@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..rope import Rope3D, shift_time_, time_shift_rotation
+from ..rope import Rope3D, apply_rope, shift_time_, time_shift_rotation
 from .base import KVCache, runs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan, after_chunk
 from .policy import CachePolicy, LayerKV
@@ -135,7 +135,8 @@ class RingKVCache(KVCache):
             raise ValueError(f"policy {policy.name} does not support ring storage")
         super().__init__(policy, geometry, rope)
         self.capacity_slots = cap
-        self.keeps_means = policy.ring_storage and folds(policy, geometry.chunk_frames)  # only folding needs means
+        # only folding from means needs them (``ring_fold == "frames"`` reads the evicted frames themselves)
+        self.keeps_means = policy.ring_storage and policy.ring_fold == "means" and folds(policy, geometry.chunk_frames)
         shape = (geometry.batch, cap, 2, geometry.heads, geometry.head_dim)
         for layer in self.layers if self.keeps_means else ():  # fp32 means of each slot's raw keys and values
             layer.extra[MEANS] = torch.zeros(shape, dtype=torch.float32, device=geometry.device)
@@ -178,10 +179,12 @@ class RingKVCache(KVCache):
                 if len(self._steps) >= STEP_MEMO_SIZE:
                     self._steps.clear()
                 self._steps[key] = step
-        if step.fold is not None:
+        if step.fold is not None and self.keeps_means:
             # frames have equal sizes, so the mean of per-frame means is the mean of the frames
             means = self.all_layers.extra[MEANS].index_select(1, step.fold).mean(dim=1, keepdim=True)  # [LB,1,2,H,D]
             self.policy.fold_means(self.all_layers, plan, means[:, :, 0], means[:, :, 1])
+        elif step.fold is not None:
+            self.policy.fold_frames(self.all_layers, plan, self._read_frames)
         if step.compact is not None:
             self._compact(step.compact)
         if step.memory:
@@ -259,16 +262,38 @@ class RingKVCache(KVCache):
                         span=slice(first * ft, end * ft) if contiguous else None,
                         tokens=None if contiguous else self._index(tuple(chunk), tokens=True))
 
+    def _read_frames(self, slots) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw keys and values [LB, m, ft, H, D] (fp32) of committed logical ``slots``, every layer at
+        once: the keys un-rotated from the position each carries (``ring_fold == "frames"``)."""
+        ft = self.geometry.frame_tokens
+        phys = tuple(self.phys[i] for i in slots)
+        index = self._index(phys)
+        every = self.all_layers
+        k = every.k.unflatten(1, (-1, ft)).index_select(1, index)  # [LB, m, ft, H, D]
+        v = every.v.unflatten(1, (-1, ft)).index_select(1, index).float()
+        rotation = self._freqs_for(tuple(self._rot[p] for p in phys)).rotation  # [1, m * ft, 1, D / 2]
+        pairs = torch.view_as_complex(k.float().unflatten(-1, (-1, 2)).contiguous())  # [LB, m, ft, H, D / 2]
+        k_raw = torch.view_as_real(pairs * rotation.unflatten(1, (len(phys), ft)).conj()).flatten(-2)
+        return k_raw, v
+
     def _place(self, plan: ChunkPlan) -> list[int]:
         """Physical slot of each slot of the new past: moved slots keep theirs; policy-written
-        slots (memory tokens) reuse the one their kind had, else take the lowest free one."""
+        slots (memory tokens) reuse the one the same-numbered slot of their kind had, else take the
+        lowest free one."""
         placed: list[int | None] = [self.phys[s] if s is not None else None for s in plan.sources]
         used = {p for p in placed if p is not None}
-        by_kind = {slot.kind: self.phys[i] for i, slot in enumerate(self.slots) if slot.kind != FRAME}
+        by_kind: dict[str, list[int]] = {}
+        for i, slot in enumerate(self.slots):
+            if slot.kind != FRAME:
+                by_kind.setdefault(slot.kind, []).append(self.phys[i])
+        seen: dict[str, int] = {}
         free = [p for p in range(self.capacity_slots) if p not in used]
         for i, p in enumerate(placed):
             if p is None:
-                want = by_kind.get(plan.past[i].kind)
+                kind = plan.past[i].kind
+                nth = seen[kind] = seen.get(kind, -1) + 1
+                wanted = by_kind.get(kind, [])
+                want = wanted[nth] if nth < len(wanted) else None
                 p = want if want in free else free[0]
                 free.remove(p)
                 placed[i] = p
@@ -290,24 +315,28 @@ class RingKVCache(KVCache):
 
     def _write_memory(self, step: RingStep) -> None:
         """Memory slots of every layer at once (layers folded into the batch) and all kinds in one
-        rotation: each memory key, rotated at its slot's position, fills every token of its slot. Their
-        slot means are not kept: only frames are ever evicted and folded."""
+        rotation: each memory key, rotated at its slot's position, fills its slot: one vector per slot
+        broadcast over its tokens, or one per token (P = 1 or ft below). Their slot means are not kept:
+        only frames are ever evicted and folded."""
         every = self.all_layers
-        values = [self.policy.memory_value(every, kind) for _, kind, _ in step.memory]  # [LB, 1, H, D] each
-        k_mem = torch.cat([k for k, _ in values], dim=1) if len(values) > 1 else values[0][0]  # [LB, n, H, D]
-        v_mem = torch.cat([v for _, v in values], dim=1) if len(values) > 1 else values[0][1]
-        pairs = torch.view_as_complex(k_mem.float().unflatten(-1, (-1, 2)).contiguous()).unsqueeze(2)  # [LB,n,1,H,D/2]
+        nth: dict[str, int] = {}
+        values = []
+        for _, kind, _ in step.memory:
+            nth[kind] = nth.get(kind, -1) + 1
+            values.append(self.policy.memory_value(every, kind, nth[kind]))  # [LB, P, H, D] each
+        k_mem = torch.stack([k for k, _ in values], dim=1)  # [LB, n, P, H, D]
+        v_mem = torch.stack([v for _, v in values], dim=1)
+        pairs = torch.view_as_complex(k_mem.float().unflatten(-1, (-1, 2)).contiguous())  # [LB, n, P, H, D/2]
         if step.memory_dst is not None:  # fp32 storage, consecutive memory slots: rotate straight into them
             k_dst, v_dst = step.memory_dst
             torch.mul(pairs, step.memory_rotation, out=k_dst)
-            v_dst.copy_(v_mem.unsqueeze(2))  # broadcast over the slot's tokens
+            v_dst.copy_(v_mem)  # broadcast over the slot's tokens when P = 1
             return
         ft = self.geometry.frame_tokens
         k_rot = torch.view_as_real(pairs * step.memory_rotation).flatten(-2)  # [LB, n, ft, H, D]
         dtype = every.k.dtype
         every.k.unflatten(1, (-1, ft)).index_copy_(1, step.memory_slots, k_rot.to(dtype))
-        every.v.unflatten(1, (-1, ft)).index_copy_(1, step.memory_slots,
-                                                   v_mem.unsqueeze(2).expand(-1, -1, ft, -1, -1).to(dtype))
+        every.v.unflatten(1, (-1, ft)).index_copy_(1, step.memory_slots, v_mem.expand(-1, -1, ft, -1, -1).to(dtype))
 
     def _memory_views(self, memory: tuple[tuple[int, str, int], ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Views of consecutive memory slots in fp32 storage (keys as complex pairs), else None."""
@@ -399,7 +428,8 @@ class RingKVCache(KVCache):
         if data["policy"] != self.policy.describe():
             raise ValueError(f"saved cache belongs to {data['policy']}, not {self.policy.describe()}")
         if data.get("storage") != "ring":
-            data = self._from_slot_order(data)
+            tensors, data = self._from_slot_order(tensors, data)
+        slots = tuple(Slot(kind, idx, shift) for kind, idx, shift in data["slots"])
         n_phys = len(data["rotated_at"])
         n_tok = n_phys * self.geometry.frame_tokens
         for i, layer in enumerate(self.layers):
@@ -411,22 +441,41 @@ class RingKVCache(KVCache):
                 tensors = {**tensors, f"{i}.extra.{MEANS}": torch.stack(
                     (tensors[legacy], tensors[f"{i}.extra.slot_mean_v"]), dim=2)}
             for key, t in layer.extra.items():
-                t.copy_(tensors[f"{i}.extra.{key}"].to(t.device, t.dtype))
-        self.slots = tuple(Slot(kind, idx, shift) for kind, idx, shift in data["slots"])
+                t.copy_(self._saved_extra(tensors, i, key, slots).to(t.device, t.dtype))
+        self.slots = slots
         self.clock = Clock(**data["clock"])
         self.phys = [int(p) for p in data["phys"]]
         self._rot = list(data["rotated_at"]) + [None] * (self.capacity_slots - n_phys)
 
-    def _from_slot_order(self, data: dict[str, Any]) -> dict[str, Any]:
-        """A slot-order state (what runs of the window policies saved before they ran on the ring):
-        slot i in physical slot i, its keys rotated at the frame's own position (absolute positions
-        only; re-indexing policies kept unrotated keys there instead, which the ring cannot take)."""
-        if self.policy.positions != ABSOLUTE or self.keeps_means:
-            raise ValueError("this saved cache keeps unrotated keys (slot-order storage); resume it with the "
-                             "memrope version that wrote it")
+    def _from_slot_order(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A slot-order state (what runs saved before their policy ran on the ring): slot i in
+        physical slot i. Absolute positions: its keys are already rotated at the frame's own position.
+        Re-indexing policies kept unrotated keys (``k_raw``): they are rotated here at each slot's
+        position (any position will do, the next chunk shifts each slot to its own), and the
+        per-frame means a folding policy needs are taken from them."""
         slots = [Slot(kind, idx, shift) for kind, idx, shift in data["slots"]]
-        return {**data, "phys": list(range(len(slots))),
-                "rotated_at": [self.policy.position_of(i, s) for i, s in enumerate(slots)]}
+        positions = [self.policy.position_of(i, s) for i, s in enumerate(slots)]
+        if self.policy.rotate_at_read and slots:
+            if any(f"{i}.k_raw" not in tensors for i in range(self.geometry.num_layers)):
+                raise ValueError("this saved slot-order cache has no unrotated keys (k_raw) for a policy that "
+                                 "re-indexes positions; resume it with the memrope version that wrote it")
+            freqs = self._freqs_for(tuple(positions))
+            tensors = dict(tensors)
+            ft = self.geometry.frame_tokens
+            for i in range(self.geometry.num_layers):
+                k_raw, v = tensors[f"{i}.k_raw"], tensors[f"{i}.v"]
+                tensors[f"{i}.k"] = apply_rope(k_raw.float(), freqs).to(k_raw.dtype)
+                if self.keeps_means:
+                    b, n, h, d = k_raw.shape
+                    kv = torch.stack((k_raw, v), dim=2).float().view(b, n // ft, ft, 2, h, d).mean(dim=2)
+                    means = kv.new_zeros((b, self.capacity_slots, 2, h, d))
+                    means[:, : n // ft] = kv  # [B, slots, 2, H, D]
+                    tensors[f"{i}.extra.{MEANS}"] = means
+        elif self.policy.positions != ABSOLUTE:
+            raise ValueError("this saved cache keeps keys rotated at positions the ring cannot tell; resume it "
+                             "with the memrope version that wrote it")
+        return tensors, {**data, "phys": list(range(len(slots))), "rotated_at": positions}
 
     def persistent_state(self) -> list[dict[str, torch.Tensor]]:
         """Copies of the committed physical slots (what read passes must leave unchanged)."""
