@@ -104,6 +104,38 @@ def test_cache_work_accounts_every_term():
     assert ring["shift_temporal"] == 2 * 4 * fb * 44 / 128 * layers  # 4 recent frames, 44 of 128 channels
     assert ring["memory_write"] == 2 * 2 * fb * layers
     assert ring["means"] == 2 * (3 + 3) * shape.config.dim * 4 * layers  # 3 folded + 3 committed frames
+    state = 2 * 2 * shape.config.dim * 4  # long and short memory, k and v: one fp32 vector per head each
+    assert work["fold_state"] == ring["fold_state"] == 2 * state * layers  # read and written once
+
+
+def test_per_position_folds_on_the_ring_cost_their_frames_and_state():
+    """``ring_fold == "frames"`` (no per-frame means): the 3 evicted frames' keys and values are read,
+    the policy's state read and written, its memory slots written; nothing else but the shifts of
+    the frames that change position. Closed forms at 832x480, bf16, chunk 3:
+
+    - memrope_adaptive (cache 12 = sink 3 + 2 memories + 4 recent + chunk): state = long and short
+      memories, k and v, one fp32 vector per token (2 frames' bytes each); 4 recent frames shift.
+    - ema_sink (window 9 = sink 3 + 3 recent + chunk): state = the raw sink, 3 frames of k and of v in
+      bf16; the 3 sink slots are written; the 3 recent frames shift by one chunk.
+
+    The fold's own reads and writes alone (evicted frames read, memory written) are more than 1% of
+    the transformer's traffic for both, on any layout: 10 and 12 frames' bytes per layer, against
+    1% = 9.7 (12 frames of context) and 9.4 (9 frames)."""
+    shape = shape_for("wan-1.3b", (60, 104))
+    fb, layers = shape.frame_bytes(), shape.config.num_layers
+    t = 44 / 128
+    expected = {
+        "memrope_adaptive": {"fold_read": 2 * 3, "fold_state": 2 * 4 * 2, "memory_write": 2 * 2,
+                             "shift_temporal": 2 * 4 * t},
+        "ema_sink": {"fold_read": 2 * 3, "fold_state": 2 * 2 * 3, "memory_write": 2 * 3, "shift_temporal": 2 * 3 * t},
+    }
+    rows = compare([make_policy(n) for n in expected], shape, names=list(expected))["policies"]
+    for name, frames in expected.items():
+        assert rows[name]["storage"] == "ring"
+        got = {k: v for k, v in rows[name]["cache"]["bytes"].items() if v}
+        assert got == pytest.approx({k: v * fb * layers for k, v in frames.items()}), name
+        own = (frames["fold_read"] + frames["memory_write"]) * fb * layers
+        assert own > 0.01 * rows[name]["transformer"]["total_bytes"], name
 
 
 def test_compare_reports_fractions():

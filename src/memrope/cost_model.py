@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cache.plan import FRAME, SELECTED, ChunkPlan, Clock, after_chunk
+from .cache.plan import FRAME, SELECTED, CacheGeometry, ChunkPlan, Clock, after_chunk
 from .cache.policy import CachePolicy
 from .models.wan_config import WanConfig, wan_config
 
@@ -191,6 +191,17 @@ def steady_plans(policy: CachePolicy, chunk_frames: int = 3, max_chunks: int = 6
     return previous, plan
 
 
+def fold_state_bytes(policy: CachePolicy, shape: Shape) -> float:
+    """Bytes of one layer's policy state (``allocate_extra`` on the meta device): what a fold reads and
+    writes once (MemRoPE's memories: one vector per head with ``global`` reduction, fp32 frames with
+    ``spatial``; EMA-Sink's raw sink, three frames of keys and of values)."""
+    cfg = shape.config
+    dtype = {2: torch.bfloat16, 4: torch.float32}[shape.dtype_bytes]
+    geo = CacheGeometry(num_layers=1, batch=shape.batch, heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
+                        grid=shape.grid, chunk_frames=shape.chunk_frames, dtype=dtype, device="meta")
+    return float(sum(t.numel() * t.element_size() for t in policy.allocate_extra(geo).values()))
+
+
 def moved_slots(plan: ChunkPlan) -> int:
     return sum(1 for dst, src in enumerate(plan.sources) if src is not None and src != dst)
 
@@ -225,7 +236,8 @@ def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous
       ``rotate_at_read`` policies) is read and written once (fused minimum; the indexed copy in
       ``KVCache._move`` gathers into a temporary first, i.e. twice that).
     - rotation of the past (``rotate_at_read``): k_raw of every past slot read, k written.
-    - memory (policies with memory slots): evicted frames' k_raw and v read for the EMA, memory
+    - memory (policies with memory slots): evicted frames' k_raw and v read for the EMA, the
+      policy's state (the memories themselves, :func:`fold_state_bytes`) read and written, memory
       tokens written into their slots (k_raw and v).
     - the commit pass writes the unrotated keys of the chunk (``rotate_at_read``).
     - keys stored rotated whose planned position changed since the chunk before (Deep Forcing's
@@ -250,6 +262,7 @@ def slot_order_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous
         "moves": float(2 * moved * tensors * fb * layers),
         "rotate_past": float(2 * plan.n_past * fb * layers) if raw else 0.0,
         "ema_read": float(2 * len(folded) * fb * layers),
+        "fold_state": float(2 * fold_state_bytes(policy, shape) * layers) if folded else 0.0,
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
         "raw_key_write": float(shape.chunk_frames * fb * layers) if raw else 0.0,
         "shift_temporal": float(2 * shifted * fb * t_frac * layers),
@@ -274,9 +287,12 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: Chun
       rotated by the difference: read and written, a ``t / head_dim`` share of a frame's keys (with
       absolute positions, as for the sliding window and the attention sink, no frame ever changes;
       without ``previous``, every slot that moved in the logical plan counts as changed);
-    - memory tokens written rotated (k) and as values (v) into their slots; the EMA reads the
-      evicted frames' per-frame means (one fp32 vector per head and frame, for k and v), which the
-      commit pass writes for the chunk's frames (only policies that fold evicted frames keep them).
+    - memory tokens written rotated (k) and as values (v) into their slots; the fold reads the
+      policy's state and writes it back (:func:`fold_state_bytes`), and the evicted frames: with
+      ``ring_fold == "means"`` their per-frame means (one fp32 vector per head and frame, for k and
+      v), which the commit pass writes for the chunk's frames (only policies that fold evicted frames
+      keep them); with ``"frames"`` (per-position folds) the frames' keys and values themselves, the
+      keys un-rotated on the fly.
     """
     from .rope import axis_split
 
@@ -287,16 +303,21 @@ def ring_work(policy: CachePolicy, plan: ChunkPlan, shape: Shape, previous: Chun
     memory_slots = sum(1 for s in plan.past if s.kind != FRAME)
     folded = [i for i in plan.evicted if i not in plan.dropped] if memory_slots else []
     mean_bytes = shape.batch * cfg.dim * 4  # one fp32 vector per head, all heads
-    means = bool(folded)  # only policies that fold evicted frames keep per-frame means (RingKVCache.keeps_means)
+    per_frame = policy.ring_storage and policy.ring_fold == "frames"
+    # only policies that fold evicted frames from means keep them (RingKVCache.keeps_means)
+    means = bool(folded) and not per_frame
     bytes_ = {
         "shift_temporal": float(2 * shifted * fb * t_frac * layers),
         "memory_write": float(2 * memory_slots * fb * layers) if plan.evicted else 0.0,
         "means": float(2 * (len(folded) + shape.chunk_frames) * mean_bytes * layers) if means else 0.0,
+        "fold_read": float(2 * len(folded) * fb * layers) if per_frame else 0.0,
+        "fold_state": float(2 * fold_state_bytes(policy, shape) * layers) if folded else 0.0,
     }
     ft_d = shape.batch * shape.frame_tokens * cfg.dim
     flops = {
         "shift_temporal": float(3 * shifted * ft_d * t_frac * layers),
         "memory_rotate": float(3 * memory_slots * ft_d * layers) if plan.evicted else 0.0,
+        "fold_unrotate": float(3 * len(folded) * ft_d * layers) if per_frame else 0.0,
     }
     return Cost(flops, bytes_)
 
