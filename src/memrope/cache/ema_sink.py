@@ -20,7 +20,10 @@ Deviations, and why: the release replaces the sink with the evicted tokens whene
 differs from the sink's; here the sink must be one chunk and the window whole chunks (checked), so
 that every eviction is one chunk and that branch never runs. The released cache re-rotates on every
 pass; here once per chunk (positions do not change between passes). A prompt change keeps the cache
-and changes only the text (the release has no prompt switch).
+and changes only the text (the release has no prompt switch). On the ring buffer (``ring.py``, the
+default storage) the evicted frames' keys are un-rotated from bf16 storage before the update (one
+rounding of 2^-9 more than the release's unrotated copy) and the sink keeps its own raw tensors;
+the update itself, in fp32 and stored back in the cache dtype, is the release's.
 """
 
 from __future__ import annotations

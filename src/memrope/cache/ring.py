@@ -17,12 +17,17 @@ MemRoPE, 5-6% of the transformer's own. This cache removes it:
   pass stores each frame's mean raw key and value (one vector per head and part, ``slot_mean``,
   key and value side by side so that one reduction serves both) while the chunk's keys are in
   hand, so eviction reads a few vectors, not frames.
+- Folds that keep every token position (``ring_fold == "frames"``: MemRoPE's ``spatial`` and
+  adaptive memories, EMA-Sink) read the evicted frames themselves, their keys un-rotated on the fly
+  from the position each carries (a rotation is orthogonal), and write one memory key per token:
+  the unrotated copy of every key that slot order keeps is not needed either.
 
 Numerics: each move of a frame rounds its temporal channels once more in the storage dtype (bf16:
 2^-9 relative), and a frame moves at most ``ceil(recent / chunk)`` times before it is evicted; the
-memory means are fp32 means of per-frame fp32 means. The slot-order path remains for policies that
-need the unrotated keys themselves (``reduction="spatial"``, Deep Forcing, the reference-style
-baseline); ``make_cache`` picks (:func:`ring_supported`).
+memory means are fp32 means of per-frame fp32 means; an un-rotated key carries the rounding of its
+rotated storage (bf16: 2^-9 relative) into a per-position fold. The slot-order path remains for Deep
+Forcing's compression (its token selection gathers in the slot-order layout) and the reference-style
+baseline; ``make_cache`` picks (:func:`ring_supported`).
 
 The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``, Deep Forcing's
 Deep-Sink-only mode) run here too without saying so: their plans only keep whole frames and drop
