@@ -67,7 +67,8 @@ def scenario(config: str, policy: str) -> Scenario:
 
 @pytest.mark.parametrize(("config", "policy"), [("tiny", "memrope"), ("tiny", "sliding_window"),
                                                 ("tiny", "deep_forcing"), ("toy", "memrope"),
-                                                ("toy", "attention_sink")])
+                                                ("toy", "attention_sink"), ("tiny", "ema_sink"),
+                                                ("toy", "memrope_adaptive")])
 def test_plan_peak_within_ten_percent_of_the_measured_peak(config, policy):
     torch.set_num_threads(1)
     s = scenario(config, policy)

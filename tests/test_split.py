@@ -47,7 +47,8 @@ def generate(m: WanModel, policy: str, chunks: int, fused: bool = True, switch_a
     return [r.latents for r in gen.stream(chunks, switches)], gen
 
 
-@pytest.mark.parametrize("policy", ["memrope", "sliding_window", "attention_sink", "deep_forcing", "infinity_rope"])
+@pytest.mark.parametrize("policy", ["memrope", "sliding_window", "attention_sink", "deep_forcing", "infinity_rope",
+                                    "ema_sink", "memrope_adaptive", "deep_forcing_sink_only"])
 def test_split_equals_one_device(policy):
     whole, _ = generate(model(), policy, 10, switch_at=6)
     split, gen = generate(model(CPU2), policy, 10, switch_at=6)

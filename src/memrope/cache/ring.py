@@ -126,8 +126,9 @@ class RingStep:
 class RingKVCache(KVCache):
     """``KVCache`` with physical slots, rotated keys only and per-frame raw means (see module doc).
 
-    Same protocol and same attention results (up to rounding) as the slot-order cache; the policy
-    must implement ``fold_means`` and ``memory_value``.
+    Same protocol and same attention results (up to rounding) as the slot-order cache; a policy that
+    writes slots of its own implements ``memory_value`` and the fold its ``ring_fold`` names
+    (``fold_means`` or ``fold_frames``).
     """
 
     keeps_raw_keys = False  # rotated keys only: moved frames are shifted in place
