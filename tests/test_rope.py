@@ -113,3 +113,16 @@ def test_in_place_time_shift_equals_a_fresh_rotation_in_every_layout():
     wide[..., :12] = apply_rope(raw, freqs)
     shift_time_(wide[..., :12], -3, rope, time_shift_rotation(-3, rope))
     torch.testing.assert_close(wide[..., :12], target, rtol=1e-6, atol=1e-6)
+
+
+def test_inverse_rotation_recovers_the_unrotated_keys():
+    """``inverse=True`` rotates back by the conjugate: what the ring does to fold keys it stores rotated."""
+    rope = Rope3D(12)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3 * 6, 2, 12, generator=gen)
+    freqs = rope.freqs(torch.tensor([5, 0, 17]), (2, 3))
+    rotated = apply_rope(x, freqs)
+    assert not torch.allclose(rotated, x)
+    torch.testing.assert_close(apply_rope(rotated, freqs, inverse=True), x, atol=1e-6, rtol=0)
+    again = apply_rope(apply_rope(x, freqs, inverse=True), freqs)  # the inverse of the inverse
+    torch.testing.assert_close(again, x, atol=1e-6, rtol=0)

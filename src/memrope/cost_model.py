@@ -197,7 +197,7 @@ def fold_state_bytes(policy: CachePolicy, shape: Shape) -> float:
     ``spatial``; EMA-Sink's raw sink, three frames of keys and of values)."""
     cfg = shape.config
     dtype = {2: torch.bfloat16, 4: torch.float32}[shape.dtype_bytes]
-    geo = CacheGeometry(num_layers=1, batch=shape.batch, heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
+    geo = CacheGeometry(num_layers=1, batch=shape.batch, heads=cfg.num_heads, head_dim=cfg.head_dim,
                         grid=shape.grid, chunk_frames=shape.chunk_frames, dtype=dtype, device="meta")
     return float(sum(t.numel() * t.element_size() for t in policy.allocate_extra(geo).values()))
 

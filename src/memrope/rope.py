@@ -128,9 +128,10 @@ class Rope3D(torch.nn.Module):
         return RopeFreqs(cos=cos, sin=sin)
 
 
-def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, freqs: RopeFreqs, inverse: bool = False) -> torch.Tensor:
     """Rotate adjacent channel pairs of ``x`` [B, L, H, D] by ``freqs`` ([L, D/2], or [L, H', D/2] with
-    H a multiple of H'); fp32 math (fp64 for fp64 tables).
+    H a multiple of H'); fp32 math (fp64 for fp64 tables). ``inverse``: rotate back (the conjugate),
+    which recovers unrotated keys from rotated ones, a rotation being orthogonal.
 
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin) is one complex multiply of x0 + i x1 by
     cos + i sin: one operation on a complex view, not four (tiny shapes are bound by per-operation
@@ -144,7 +145,7 @@ def apply_rope(x: torch.Tensor, freqs: RopeFreqs) -> torch.Tensor:
         as_complex = torch.view_as_complex(pairs)
     except RuntimeError:  # strides that split a pair: copy first
         as_complex = torch.view_as_complex(pairs.contiguous())
-    rotation = freqs.rotation
+    rotation = freqs.rotation.conj() if inverse else freqs.rotation
     if rotation.shape[2] not in (1, x.shape[2]):  # per-head tables, heads of several tensors side by side
         rotation = rotation.repeat(1, 1, x.shape[2] // rotation.shape[2], 1)  # (the fused path's q | k)
     rotated = as_complex * rotation  # [B, L, H, D/2]

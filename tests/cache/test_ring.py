@@ -50,6 +50,33 @@ def step(cache: KVCache, query: torch.Tensor) -> list[torch.Tensor]:
 QUERY = torch.randn(1, CHUNK * FT, HEADS, HEAD_DIM, generator=torch.Generator().manual_seed(7))
 
 
+def switch(cache: KVCache, cut: bool = False) -> None:
+    """The generator's prompt switch on the cache: the policy's response, then its recache passes."""
+    sw = cache.switch(cut=cut)
+    frames = list(sw.recache)
+    for i in range(0, len(frames), CHUNK):
+        group = tuple(frames[i:i + CHUNK])
+        cache.begin_replay(group)
+        for layer in range(LAYERS):
+            k, v = chunk_kv(group[0], layer)
+            k, v = k[:, : len(group) * FT], v[:, : len(group) * FT]
+            cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True)
+        cache.end_chunk()
+
+
+def attends_alike(slot: KVCache, ring: KVCache, chunks: int, switches: dict[int, bool] | None = None,
+                  what: str = "") -> None:
+    """Step both caches ``chunks`` times, with a prompt switch before chunk k (a cut where
+    ``switches[k]``), and require the same attention every chunk and the same slots at the end."""
+    for chunk in range(chunks):
+        if switches and chunk in switches:
+            for cache in (slot, ring):
+                switch(cache, cut=switches[chunk])
+        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
+            torch.testing.assert_close(b, a, atol=ATOL, rtol=0, msg=f"{what} chunk {chunk}")
+    assert ring.slots == slot.slots and ring.clock == slot.clock
+
+
 @pytest.mark.parametrize("options", [
     {}, {"faithful": True}, {"memory": "none"}, {"memory": "long"}, {"sink": 0, "cache_size": 8},
     {"cache_size": 16, "sink": 2}, {"alpha_long": 0.3, "alpha_short": 0.7},
@@ -100,23 +127,7 @@ def test_committed_frames_never_move_and_only_temporal_channels_change():
 
 
 def test_prompt_switch_and_recache_match_slot_order():
-    slot, ring = pair()
-    for _ in range(7):
-        step(slot, QUERY), step(ring, QUERY)
-    for cache in (slot, ring):
-        sw = cache.switch()
-        frames = list(sw.recache)
-        for i in range(0, len(frames), CHUNK):
-            group = tuple(frames[i:i + CHUNK])
-            cache.begin_replay(group)
-            for layer in range(LAYERS):
-                k, v = chunk_kv(group[0], layer)
-                k, v = k[:, : len(group) * FT], v[:, : len(group) * FT]
-                cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True)
-            cache.end_chunk()
-    for _ in range(5):
-        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    attends_alike(*pair(), 12, {7: False})
 
 
 def test_state_dict_resumes_the_ring_bit_for_bit():
@@ -134,9 +145,7 @@ def test_state_dict_resumes_the_ring_bit_for_bit():
     for _ in range(8):
         step(slot, QUERY)
     late.load_state_dict(*slot.state_dict())
-    for _ in range(5):
-        for a, b in zip(step(slot, QUERY), step(late, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    attends_alike(slot, late, 5, what="resumed from slot order")
     tensors, data = slot.state_dict()
     with pytest.raises(ValueError, match="no unrotated keys"):
         late.load_state_dict({k: t for k, t in tensors.items() if not k.endswith("k_raw")}, data)

@@ -13,8 +13,7 @@ from memrope.cache.ring import MEANS, RingKVCache, make_cache
 from memrope.rope import Rope3D, apply_rope
 
 from .helpers import CHUNK, GRID, HEAD_DIM, geometry
-from .test_ring import ATOL, QUERY, attend, step
-from .test_window_ring import switch
+from .test_ring import QUERY, attend, attends_alike, step
 
 FT = GRID[0] * GRID[1]
 PER_POSITION = [("memrope", {"reduction": "spatial"}), ("memrope_adaptive", {}),
@@ -29,23 +28,9 @@ def pair(name: str, options: dict) -> tuple[KVCache, RingKVCache]:
     return slot, ring
 
 
-def assert_same_attention(slot: KVCache, ring: KVCache, chunks: int, what: str) -> None:
-    for chunk in range(chunks):
-        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0, msg=f"{what} chunk {chunk}")
-    assert ring.slots == slot.slots and ring.clock == slot.clock
-
-
 @pytest.mark.parametrize(("name", "options"), PER_POSITION)
 def test_per_position_folds_on_the_ring_attend_like_slot_order_through_switches(name, options):
-    slot, ring = pair(name, options)
-    for chunk in range(16):
-        if chunk in (6, 11):
-            for cache in (slot, ring):
-                switch(cache, cut=chunk == 11)
-        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0, msg=f"{name} {options} chunk {chunk}")
-    assert ring.slots == slot.slots and ring.clock == slot.clock
+    attends_alike(*pair(name, options), 16, {6: False, 11: True}, what=f"{name} {options}")
 
 
 @pytest.mark.parametrize(("name", "options"), PER_POSITION[::3])
@@ -107,7 +92,7 @@ def test_a_slot_order_state_continues_on_the_ring(name, options):
     for _ in range(8):
         step(slot, QUERY)
     ring.load_state_dict(*slot.state_dict())
-    assert_same_attention(slot, ring, 5, f"{name} resumed from slot order")
+    attends_alike(slot, ring, 5, what=f"{name} resumed from slot order")
 
 
 @pytest.mark.parametrize("storage", ["slot order", "ring"])
@@ -123,4 +108,4 @@ def test_an_ema_sink_state_saved_before_the_sink_had_its_own_tensors_resumes(sto
         assert len(legacy) < len(tensors)
         target = ring if storage == "ring" else KVCache(make_policy("ema_sink", {}), geometry(), ring.rope)
         target.load_state_dict(legacy, data)
-        assert_same_attention(slot, target, 5, f"{storage} after {chunks} chunks")
+        attends_alike(slot, target, 5, what=f"{storage} after {chunks} chunks")

@@ -14,7 +14,7 @@ from memrope.cache.sliding_window import SlidingWindow
 from memrope.rope import Rope3D, apply_rope
 
 from .helpers import CHUNK, GRID, HEAD_DIM, chunk_kv, geometry
-from .test_ring import ATOL, QUERY, attend, step
+from .test_ring import QUERY, attend, attends_alike, step
 
 FT = GRID[0] * GRID[1]
 WINDOWS = [("sliding_window", {}), ("sliding_window", {"window": 9}), ("attention_sink", {}),
@@ -29,20 +29,6 @@ def pair(name: str, options: dict) -> tuple[KVCache, RingKVCache]:
     ring = make_cache(make_policy(name, options), geometry(), rope)
     assert isinstance(ring, RingKVCache)
     return slot, ring
-
-
-def switch(cache: KVCache, cut: bool = False) -> None:
-    """The generator's prompt switch on the cache: the policy's response, then its recache passes."""
-    sw = cache.switch(cut=cut)
-    frames = list(sw.recache)
-    for i in range(0, len(frames), CHUNK):
-        group = tuple(frames[i:i + CHUNK])
-        cache.begin_replay(group)
-        for layer in range(2):
-            k, v = chunk_kv(group[0], layer)
-            k, v = k[:, : len(group) * FT], v[:, : len(group) * FT]
-            cache.update(layer, apply_rope(k, cache.query_freqs), v, k_raw=k, commit=True)
-        cache.end_chunk()
 
 
 def test_the_ring_is_chosen_from_the_plans_alone():
@@ -72,14 +58,7 @@ def test_the_ring_is_chosen_from_the_plans_alone():
 
 @pytest.mark.parametrize(("name", "options"), WINDOWS)
 def test_window_ring_attends_like_slot_order_through_switches(name, options):
-    slot, ring = pair(name, options)
-    for chunk in range(16):
-        if chunk in (6, 11):
-            for cache in (slot, ring):
-                switch(cache, cut=chunk == 11)
-        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0, msg=f"{name} {options} chunk {chunk}")
-    assert ring.slots == slot.slots and ring.clock == slot.clock
+    attends_alike(*pair(name, options), 16, {6: False, 11: True}, what=f"{name} {options}")
 
 
 @pytest.mark.parametrize("name", ["sliding_window", "attention_sink"])
@@ -145,17 +124,13 @@ def test_a_slot_order_state_of_an_absolute_policy_resumes_on_the_ring():
         for _ in range(9):
             step(slot, QUERY)
         ring.load_state_dict(*slot.state_dict())
-        for _ in range(5):
-            for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-                torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+        attends_alike(slot, ring, 5, what=name)
     # re-indexing (infinity_rope): its unrotated keys are rotated at each slot's position on load
     slot, ring = pair("infinity_rope", {})
     for _ in range(5):
         step(slot, QUERY)
     ring.load_state_dict(*slot.state_dict())
-    for _ in range(5):
-        for a, b in zip(step(slot, QUERY), step(ring, QUERY), strict=True):
-            torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+    attends_alike(slot, ring, 5, what="infinity_rope")
 
 
 def test_window_ring_bytes():

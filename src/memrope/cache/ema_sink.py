@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ema import ema_
 import torch
 
+from .ema import ema_
 from .plan import BY_SLOT, EMA_SINK, CacheGeometry, ChunkPlan, Clock, Slot
-from .policy import CachePolicy, LayerKV
+from .policy import CachePolicy, FrameReader, LayerKV, slot_order_frames
 from .window import windowed_plan
 
 
@@ -117,12 +117,7 @@ class EMASink(CachePolicy):
             acc.copy_(value)
 
     def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
-        if not plan.evicted:
-            return
-        ft, s = geo.frame_tokens, self.config.sink * geo.frame_tokens
-        lo, hi = plan.evicted[0] * ft, (plan.evicted[-1] + 1) * ft  # one chunk: as many tokens as the sink
-        sink = (layer.k_raw[:, :s], layer.v[:, :s]) if self.first_eviction(plan) else None
-        self._update(layer, sink, (layer.k_raw[:, lo:hi], layer.v[:, lo:hi]))
+        self.fold_frames(layer, plan, slot_order_frames(layer, geo.frame_tokens))
 
     def after_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
         if not plan.evicted:
@@ -131,8 +126,8 @@ class EMASink(CachePolicy):
         layer.k_raw[:, :s] = layer.extra["sink_k"]  # unrotated keys, values: [B, T, H, D]
         layer.v[:, :s] = layer.extra["sink_v"]
 
-    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames) -> None:
-        if not plan.evicted:
+    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames: FrameReader) -> None:
+        if not plan.evicted:  # one chunk evicted: as many tokens as the sink
             return
         sink = frames(range(self.config.sink)) if self.first_eviction(plan) else None
         self._update(layer, sink, frames(plan.evicted))

@@ -38,7 +38,7 @@ import torch
 
 from .ema import adaptive_alpha, ema_, reduce_evicted
 from .plan import BY_SLOT, FRAME, LONG_MEMORY, SHORT_MEMORY, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
-from .policy import CachePolicy, LayerKV, append_plan
+from .policy import CachePolicy, FrameReader, LayerKV, append_plan, slot_order_frames
 
 MEMORY_MODES: dict[str, tuple[str, ...]] = {
     "both": (LONG_MEMORY, SHORT_MEMORY),
@@ -197,16 +197,7 @@ class MemRoPE(CachePolicy):
         return "means" if self.config.reduction == "global" else "frames"
 
     def before_compaction(self, layer: LayerKV, plan: ChunkPlan, geo: CacheGeometry) -> None:
-        folded = [i for i in plan.evicted if i not in plan.dropped]
-        if not folded or not self.config.memory_kinds:
-            return
-        ft = geo.frame_tokens
-        lo, hi = folded[0], folded[-1] + 1  # evicted frames are contiguous slots
-        acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
-        e_k, e_v = (reduce_evicted(src[:, lo * ft:hi * ft].unflatten(1, (hi - lo, ft)).to(acc_dtype),
-                                   self.config.reduction)  # [B, m, ft, H, D] -> [B, 1 or ft, H, D]
-                    for src in (layer.k_raw, layer.v))
-        self._fold(layer, plan, e_k, e_v)
+        self.fold_frames(layer, plan, slot_order_frames(layer, geo.frame_tokens))  # evicted slots are consecutive
 
     def fold_means(self, layer: LayerKV, plan: ChunkPlan, k_means: torch.Tensor, v_means: torch.Tensor) -> None:
         if not self.config.memory_kinds:
@@ -214,12 +205,13 @@ class MemRoPE(CachePolicy):
         acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
         self._fold(layer, plan, k_means.to(acc_dtype), v_means.to(acc_dtype))  # [B, 1, H, D] each
 
-    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames) -> None:
+    def fold_frames(self, layer: LayerKV, plan: ChunkPlan, frames: FrameReader) -> None:
         folded = [i for i in plan.evicted if i not in plan.dropped]
         if not folded or not self.config.memory_kinds:
             return
         acc_dtype = layer.extra[f"{self.config.memory_kinds[0]}_k"].dtype
-        e_k, e_v = (reduce_evicted(t.to(acc_dtype), self.config.reduction) for t in frames(folded))  # [B, ft, H, D]
+        # [B, m, ft, H, D] -> [B, 1 or ft, H, D]
+        e_k, e_v = (reduce_evicted(t.to(acc_dtype), self.config.reduction) for t in frames(folded))
         self._fold(layer, plan, e_k, e_v)
 
     def _fold(self, layer: LayerKV, plan: ChunkPlan, e_k: torch.Tensor, e_v: torch.Tensor) -> None:

@@ -17,10 +17,21 @@ import torch
 from ..rope import Rope3D, RopeFreqs
 from .plan import ABSOLUTE, FRAME, CacheGeometry, ChunkPlan, Clock, Slot, SwitchPlan
 
-
 FrameReader = Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
 SLOT_LAYOUT_HOOKS = ("before_compaction", "after_compaction", "deferred_compaction", "after_commit",
                      "allocate_extra")
+
+
+def slot_order_frames(layer: LayerKV, frame_tokens: int) -> FrameReader:
+    """The slot-order cache's ``FrameReader``: unrotated keys and values of consecutive slots as
+    stored, views [B, m, frame_tokens, H, D] (no copy)."""
+    def read(slots: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = slots[0], slots[-1] + 1
+        if list(slots) != list(range(lo, hi)):
+            raise ValueError(f"slot-order frames are read in runs of consecutive slots, got {list(slots)}")
+        return tuple(t[:, lo * frame_tokens:hi * frame_tokens].unflatten(1, (hi - lo, frame_tokens))
+                     for t in (layer.k_raw, layer.v))
+    return read
 
 
 @dataclass

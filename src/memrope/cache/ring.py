@@ -32,7 +32,8 @@ baseline; ``make_cache`` picks (:func:`ring_supported`).
 The window policies (``sliding_window``, ``attention_sink``, ``infinity_rope``, Deep Forcing's
 Deep-Sink-only mode) run here too without saying so: their plans only keep whole frames and drop
 what they evict, which is all the ring needs (no means are kept for them); Deep Sink's sink moves in
-time every chunk, which is a temporal shift in place like MemRoPE's recent frames. With absolute positions a kept frame never changes position, so a
+time every chunk, which is a temporal shift in place like MemRoPE's recent frames. With absolute
+positions a kept frame never changes position, so a
 chunk costs no cache work beyond writing itself into the slots its evicted frames freed; every
 steady chunk has the same shapes (the context is always the buffers' prefix).
 """
@@ -87,6 +88,15 @@ def ring_supported(policy: CachePolicy, chunk_frames: int) -> bool:
             return False
         slots, clock = after_chunk(plan, clock)
     return True
+
+
+def frame_means(k_raw: torch.Tensor, v: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """fp32 mean raw key and value of each of ``n_frames`` frames of ``k_raw``, ``v`` [B, L, H, D]:
+    [B, n_frames, 2, H, D], keys and values side by side so that one reduction serves both."""
+    b, n, h, d = k_raw.shape
+    kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]
+    kv = kv if kv.dtype == torch.float32 else kv.float()
+    return kv.view(b, n_frames, n // n_frames, 2, h, d).mean(dim=2)
 
 
 def folds(policy: CachePolicy, chunk_frames: int) -> bool:
@@ -275,12 +285,10 @@ class RingKVCache(KVCache):
         phys = tuple(self.phys[i] for i in slots)
         index = self._index(phys)
         every = self.all_layers
-        k = every.k.unflatten(1, (-1, ft)).index_select(1, index)  # [LB, m, ft, H, D]
-        v = every.v.unflatten(1, (-1, ft)).index_select(1, index).float()
-        rotation = self._freqs_for(tuple(self._rot[p] for p in phys)).rotation  # [1, m * ft, 1, D / 2]
-        pairs = torch.view_as_complex(k.float().unflatten(-1, (-1, 2)).contiguous())  # [LB, m, ft, H, D / 2]
-        k_raw = torch.view_as_real(pairs * rotation.unflatten(1, (len(phys), ft)).conj()).flatten(-2)
-        return k_raw, v
+        k = every.k.unflatten(1, (-1, ft)).index_select(1, index).flatten(1, 2)  # [LB, m * ft, H, D]
+        v = every.v.unflatten(1, (-1, ft)).index_select(1, index).float()  # [LB, m, ft, H, D]
+        freqs = self._freqs_for(tuple(self._rot[p] for p in phys))
+        return apply_rope(k.float(), freqs, inverse=True).unflatten(1, (len(phys), ft)), v
 
     def _place(self, plan: ChunkPlan) -> list[int]:
         """Physical slot of each slot of the new past: moved slots keep theirs; policy-written
@@ -381,11 +389,7 @@ class RingKVCache(KVCache):
             if self.keeps_means:
                 if k_raw is None:
                     raise ValueError(f"policy {self.policy.name} needs the unrotated keys at commit")
-                b, n, h, d = k_raw.shape
-                kv = torch.stack((k_raw, v), dim=2)  # [B, L, 2, H, D]: one reduction for both, while in hand
-                kv = kv if kv.dtype == torch.float32 else kv.float()
-                frame_means = kv.view(b, plan.n_frames, n // plan.n_frames, 2, h, d).mean(dim=2)  # [B, F, 2, H, D]
-                layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means)
+                layer.extra[MEANS].index_copy_(1, self._commit_index, frame_means(k_raw, v, plan.n_frames))
             self.policy.after_commit(layer, plan, self.geometry, q_raw)
             self._committed[layer_idx] = True
         end = (plan.n_past + plan.n_frames) * self.geometry.frame_tokens
@@ -473,10 +477,9 @@ class RingKVCache(KVCache):
                 k_raw, v = tensors[f"{i}.k_raw"], tensors[f"{i}.v"]
                 tensors[f"{i}.k"] = apply_rope(k_raw.float(), freqs).to(k_raw.dtype)
                 if self.keeps_means:
-                    b, n, h, d = k_raw.shape
-                    kv = torch.stack((k_raw, v), dim=2).float().view(b, n // ft, ft, 2, h, d).mean(dim=2)
-                    means = kv.new_zeros((b, self.capacity_slots, 2, h, d))
-                    means[:, : n // ft] = kv  # [B, slots, 2, H, D]
+                    kept = frame_means(k_raw, v, k_raw.shape[1] // ft)  # [B, slots kept, 2, H, D]
+                    means = kept.new_zeros((kept.shape[0], self.capacity_slots, *kept.shape[2:]))
+                    means[:, : kept.shape[1]] = kept
                     tensors[f"{i}.extra.{MEANS}"] = means
         elif self.policy.positions != ABSOLUTE:
             raise ValueError("this saved cache keeps keys rotated at positions the ring cannot tell; resume it "
